@@ -1,0 +1,123 @@
+"""Benchmark: each chapter's execution time, the test suite's time, and gradlab's overheads.
+
+Run with ``make bench``. Prints a table; nothing here is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _interleaved(fn_a, fn_b, *, rounds: int = 7, inner: int = 20) -> tuple[float, float]:
+    """Median seconds per call of ``fn_a`` and ``fn_b``, measured in alternation so that load
+    on the machine hits both the same way."""
+    a_times, b_times = [], []
+    for fn in (fn_a, fn_b):  # warm-up
+        for _ in range(3):
+            fn()
+    for _ in range(rounds):
+        for fn, times in ((fn_a, a_times), (fn_b, b_times)):
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times.append((time.perf_counter() - start) / inner)
+    return statistics.median(a_times), statistics.median(b_times)
+
+
+def monitor_overhead(depth: int = 20, width: int = 256, batch: int = 128) -> tuple[float, float]:
+    """(seconds per plain training step, ratio with GradientMonitor attached)."""
+    import gradlab as gl
+
+    gl.seed_everything(0)
+    model = gl.mlp(depth, width)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, width), torch.randn(batch, width)
+
+    def step() -> None:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+    monitor = gl.GradientMonitor(model, opt)
+
+    def monitored_step() -> None:
+        monitor.attach()
+        step()
+        monitor.detach()
+
+    plain, monitored = _interleaved(step, monitored_step)
+    return plain, monitored / plain
+
+
+def clip_overhead(n_tensors: int = 200, total: int = 10_000_000) -> tuple[float, float] | None:
+    """(seconds for torch's clip_grad_norm_, ratio gradlab/torch) on ~10M values."""
+    try:
+        from gradlab import clip
+    except ImportError:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    sizes = torch.randint(1, 100, (n_tensors,), generator=gen).double()
+    sizes = (sizes / sizes.sum() * total).long().clamp(min=1)
+    params = [torch.nn.Parameter(torch.zeros(int(s))) for s in sizes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    ours, theirs = _interleaved(
+        lambda: clip.clip_grad_norm_(params, 1.0),
+        lambda: torch.nn.utils.clip_grad_norm_(params, 1.0),
+        rounds=7, inner=5,
+    )
+    return theirs, ours / theirs
+
+
+def chapter_times() -> list[tuple[str, float]]:
+    """Execute every chapter once, in a fresh kernel, and time it."""
+    import jupytext
+    import nbclient
+
+    times = []
+    for path in sorted((ROOT / "book").glob("*.md")):
+        head = path.read_text(encoding="utf-8")[:600]
+        if "kernelspec:" not in head:
+            continue
+        nb = jupytext.read(path)
+        start = time.perf_counter()
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}}).execute()
+        times.append((path.stem, time.perf_counter() - start))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-suite", action="store_true", help="do not time the test suite")
+    args = parser.parse_args()
+
+    plain, ratio = monitor_overhead()
+    print(f"GradientMonitor overhead (20 x 256 MLP, batch 128): {ratio:.3f}x "
+          f"(plain step {plain * 1e3:.1f} ms)   target <= 1.15x")
+    clip = clip_overhead()
+    if clip is not None:
+        print(f"gradlab.clip.clip_grad_norm_ / torch (200 tensors, 10M values): {clip[1]:.3f}x "
+              f"(torch {clip[0] * 1e3:.1f} ms)   target <= 1.5x")
+    print("\nchapter execution times (target <= 30 s each):")
+    for name, seconds in chapter_times():
+        print(f"  {name:<28} {seconds:6.1f} s")
+    if not args.skip_suite:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                       cwd=ROOT, check=False)
+        print(f"\nwhole test suite (pytest): {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

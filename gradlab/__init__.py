@@ -1,0 +1,27 @@
+"""gradlab: the tested code behind the executable textbook on exploding gradients.
+
+Modules: ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
+gradient statistics), ``theory`` (closed-form results), ``plot`` (the book's figures),
+``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, device, source).
+"""
+
+from . import exercises, models, monitor, plot, theory, utils
+from .models import mlp
+from .monitor import GradientMonitor, NonFiniteError
+from .utils import get_device, seed_everything, show_source
+
+__version__ = "0.1.0"
+__all__ = [
+    "GradientMonitor",
+    "NonFiniteError",
+    "exercises",
+    "get_device",
+    "mlp",
+    "models",
+    "monitor",
+    "plot",
+    "seed_everything",
+    "show_source",
+    "theory",
+    "utils",
+]

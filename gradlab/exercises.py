@@ -1,0 +1,142 @@
+"""Checkers for the exercises: they run the reader's function on random cases and say what
+is wrong, comparing with a reference (autograd or a gradlab function)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CheckResult:
+    """Outcome of a checker: ``passed``, how many ``cases`` ran, and a human ``message``."""
+
+    passed: bool
+    cases: int
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _repr_markdown_(self) -> str:
+        return ("✅ " if self.passed else "❌ ") + self.message
+
+
+def check_function(
+    candidate: Callable,
+    reference: Callable,
+    cases: Iterable[tuple],
+    *,
+    name: str,
+    rtol: float = 1e-5,
+    atol: float = 1e-7,
+) -> CheckResult:
+    """Call ``candidate(*case)`` and ``reference(*case)`` on every case and compare.
+
+    The result's message names the first failing case, the expected and the returned value,
+    or the exception the candidate raised.
+    """
+    if not callable(candidate):
+        raise TypeError(f"the function to check must be callable, got {type(candidate).__name__}")
+    n = 0
+    for n, case in enumerate(cases, start=1):
+        expected = torch.as_tensor(reference(*case), dtype=torch.float64)
+        try:
+            got = candidate(*case)
+        except Exception as err:  # the reader's bug, reported rather than raised
+            return CheckResult(False, n, f"{name}: case {n} raised {type(err).__name__}: {err}")
+        try:
+            got = torch.as_tensor(got, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            return CheckResult(
+                False, n, f"{name}: case {n} returned {type(got).__name__}, expected a number "
+                "or tensor"
+            )
+        if got.shape != expected.shape:
+            return CheckResult(
+                False, n, f"{name}: case {n} returned shape {tuple(got.shape)}, expected "
+                f"{tuple(expected.shape)}"
+            )
+        if not torch.allclose(got, expected, rtol=rtol, atol=atol):
+            worst = (got - expected).abs().max().item()
+            return CheckResult(
+                False,
+                n,
+                f"{name}: case {n} is wrong (largest error {worst:.3g}).\n"
+                f"expected: {_short(expected)}\nreturned: {_short(got)}",
+            )
+    return CheckResult(True, n, f"{name}: all {n} random cases match.")
+
+
+def _short(t: torch.Tensor) -> str:
+    return str(t.flatten()[:6].tolist()) + (" ..." if t.numel() > 6 else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 1: the chain rule through a scalar network
+# ---------------------------------------------------------------------------------------------
+
+
+def _scalar_chain_cases(n_cases: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n_cases):
+        depth = int(torch.randint(1, 12, (1,), generator=g))
+        weights = (torch.randn(depth, generator=g, dtype=torch.float64) * 1.5).tolist()
+        x = float(torch.randn((), generator=g, dtype=torch.float64))
+        yield weights, x
+
+
+def _scalar_chain_reference(weights: list[float], x: float) -> float:
+    h = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    out = h
+    for a in weights:
+        out = torch.tanh(a * out)
+    (grad,) = torch.autograd.grad(out, h)
+    return float(grad)
+
+
+def check_scalar_chain_gradient(fn: Callable, n_cases: int = 50, seed: int = 0) -> CheckResult:
+    """Check ``fn(weights, x)`` returns ``d h_L / d h_0`` for ``h_l = tanh(a_l h_{l-1})``,
+    ``h_0 = x``, against autograd, on random depths, weights and inputs."""
+    return check_function(
+        fn, _scalar_chain_reference, _scalar_chain_cases(n_cases, seed),
+        name="scalar chain gradient", rtol=1e-6, atol=1e-10,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 2: the Jacobian of one layer
+# ---------------------------------------------------------------------------------------------
+
+_LAYER_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid")
+
+
+def _layer_cases(n_cases: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n_cases):
+        n_in, n_out = (int(v) for v in torch.randint(1, 7, (2,), generator=g))
+        w = torch.randn(n_out, n_in, generator=g, dtype=torch.float64)
+        b = torch.randn(n_out, generator=g, dtype=torch.float64)
+        x = torch.randn(n_in, generator=g, dtype=torch.float64)
+        yield w, b, x, _LAYER_ACTIVATIONS[i % len(_LAYER_ACTIVATIONS)]
+
+
+def _layer_reference(w, b, x, activation):
+    from .theory import _apply
+
+    return torch.autograd.functional.jacobian(lambda v: _apply(activation, w @ v + b), x)
+
+
+def check_layer_jacobian(fn: Callable, n_cases: int = 40, seed: int = 0) -> CheckResult:
+    """Check ``fn(W, b, x, activation)`` returns the Jacobian of ``phi(W x + b)`` with respect
+    to ``x`` (shape ``out x in``) for ``activation`` in linear/relu/tanh/sigmoid, against
+    ``torch.autograd.functional.jacobian``."""
+    return check_function(
+        fn, _layer_reference, _layer_cases(n_cases, seed), name="layer Jacobian", rtol=1e-6,
+        atol=1e-9,
+    )
