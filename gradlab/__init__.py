@@ -5,16 +5,19 @@ gradient statistics), ``theory`` (closed-form results), ``plot`` (the book's fig
 ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, device, source).
 """
 
-from . import exercises, models, monitor, plot, theory, utils
+from . import clip, exercises, models, monitor, plot, theory, train, utils
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
+from .train import fit
 from .utils import get_device, seed_everything, show_source
 
 __version__ = "0.1.0"
 __all__ = [
     "GradientMonitor",
     "NonFiniteError",
+    "clip",
     "exercises",
+    "fit",
     "get_device",
     "mlp",
     "models",
@@ -23,5 +26,6 @@ __all__ = [
     "seed_everything",
     "show_source",
     "theory",
+    "train",
     "utils",
 ]
