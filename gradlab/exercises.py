@@ -140,3 +140,74 @@ def check_layer_jacobian(fn: Callable, n_cases: int = 40, seed: int = 0) -> Chec
         fn, _layer_reference, _layer_cases(n_cases, seed), name="layer Jacobian", rtol=1e-6,
         atol=1e-9,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter "Gradient clipping": global-norm clipping from scratch
+# ---------------------------------------------------------------------------------------------
+
+
+def _clip_cases(n_cases: int, seed: int):
+    """Random parameter lists: shapes, scales, a gradient that is None, a zero gradient."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n_cases):
+        n = int(torch.randint(1, 5, (1,), generator=g))
+        params = []
+        for k in range(n):
+            ndim = int(torch.randint(0, 3, (1,), generator=g))  # 0-dim tensors included
+            shape = tuple(torch.randint(1, 5, (ndim,), generator=g).tolist())
+            p = torch.nn.Parameter(torch.randn(shape, generator=g, dtype=torch.float64))
+            scale = 10.0 ** float(torch.randint(-2, 3, (1,), generator=g))
+            if i % 5 == 4 and k == 0:
+                p.grad = None
+            elif i % 7 == 6:
+                p.grad = torch.zeros(shape, dtype=torch.float64)
+            else:
+                p.grad = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+            params.append(p)
+        max_norm = float(10.0 ** torch.empty(1).uniform_(-1, 1, generator=g))
+        yield params, max_norm
+
+
+def check_clip_grad_norm(fn: Callable, n_cases: int = 40, seed: int = 0) -> CheckResult:
+    """Check ``fn(parameters, max_norm)``: it must rescale every ``p.grad`` in place to
+    ``g * min(1, max_norm / (N + 1e-6))``, with ``N`` the 2-norm of all gradients together
+    (parameters whose ``.grad`` is None skipped), and return ``N``; compared with
+    ``torch.nn.utils.clip_grad_norm_`` on random lists of parameters."""
+    if not callable(fn):
+        raise TypeError(f"the function to check must be callable, got {type(fn).__name__}")
+    n = 0
+    for n, (params, max_norm) in enumerate(_clip_cases(n_cases, seed), start=1):
+        copies = []
+        for p in params:
+            q = torch.nn.Parameter(p.detach().clone())
+            q.grad = None if p.grad is None else p.grad.clone()
+            copies.append(q)
+        expected = torch.nn.utils.clip_grad_norm_(copies, max_norm)
+        shapes = [tuple(p.shape) for p in params]
+        try:
+            got = fn(params, max_norm)
+        except Exception as err:  # the reader's bug, reported rather than raised
+            return CheckResult(False, n, f"clip_grad_norm: case {n} (shapes {shapes}) raised "
+                               f"{type(err).__name__}: {err}")
+        try:
+            got = float(got)
+        except (TypeError, ValueError, RuntimeError):
+            return CheckResult(False, n, f"clip_grad_norm: case {n} returned {type(got).__name__}; "
+                               "return the total norm before clipping, a number")
+        if abs(got - float(expected)) > 1e-6 * (1 + float(expected)):
+            return CheckResult(False, n, f"clip_grad_norm: case {n} (shapes {shapes}) returned "
+                               f"norm {got:.6g}, expected {float(expected):.6g} (the norm before "
+                               "clipping, of all gradients together)")
+        for k, (p, q) in enumerate(zip(params, copies, strict=True)):
+            if q.grad is None:
+                if p.grad is not None:
+                    return CheckResult(False, n, f"clip_grad_norm: case {n}: parameter {k} had no "
+                                       "gradient and should still have none")
+                continue
+            if p.grad is None or not torch.allclose(p.grad, q.grad, rtol=1e-6, atol=1e-10):
+                return CheckResult(False, n, f"clip_grad_norm: case {n} (max_norm {max_norm:.3g}, "
+                                   f"shapes {shapes}): the gradient of parameter {k} is wrong.\n"
+                                   f"expected: {_short(q.grad)}\nfound:    "
+                                   f"{_short(p.grad) if p.grad is not None else None}")
+    return CheckResult(True, n, f"clip_grad_norm: all {n} random cases match torch.")
