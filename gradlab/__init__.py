@@ -5,7 +5,7 @@ gradient statistics), ``theory`` (closed-form results), ``plot`` (the book's fig
 ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, device, source).
 """
 
-from . import clip, exercises, models, monitor, plot, theory, train, utils
+from . import clip, exercises, hessian, models, monitor, plot, theory, train, utils
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
@@ -19,6 +19,7 @@ __all__ = [
     "exercises",
     "fit",
     "get_device",
+    "hessian",
     "mlp",
     "models",
     "monitor",

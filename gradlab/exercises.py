@@ -211,3 +211,123 @@ def check_clip_grad_norm(fn: Callable, n_cases: int = 40, seed: int = 0) -> Chec
                                    f"expected: {_short(q.grad)}\nfound:    "
                                    f"{_short(p.grad) if p.grad is not None else None}")
     return CheckResult(True, n, f"clip_grad_norm: all {n} random cases match torch.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter "Learning rate, schedules and warm-up": the stability threshold and Hessian products
+# ---------------------------------------------------------------------------------------------
+
+
+def _spd_cases(n_cases: int, seed: int):
+    """Random symmetric positive semi-definite matrices with spectra spanning four decades."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n_cases):
+        n = int(torch.randint(1, 9, (1,), generator=g))
+        q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+        eigenvalues = 10.0 ** torch.empty(n, dtype=torch.float64).uniform_(-2, 2, generator=g)
+        if i % 4 == 3 and n > 1:  # singular: a flat direction must not matter
+            eigenvalues[0] = 0.0
+        a = q @ torch.diag(eigenvalues) @ q.T
+        yield ((a + a.T) / 2,)
+
+
+def check_max_stable_lr(fn: Callable, n_cases: int = 30, seed: int = 0) -> CheckResult:
+    """Check ``fn(A)`` returns ``2 / λ_max(A)``, the largest learning rate for which gradient
+    descent on ``f(x) = ½ xᵀAx`` does not diverge, for random symmetric positive semi-definite
+    ``A`` (float64, sizes 1 to 8), to relative accuracy 1e-4 (power iteration is fine).
+
+    A wrong answer is compared with the usual slips (``1/λ_max``, ``2/λ_min``, ``2/trace``,
+    ``2/max|A_ij|``) and the message names the one it matches."""
+    if not callable(fn):
+        raise TypeError(f"the function to check must be callable, got {type(fn).__name__}")
+    n = 0
+    for n, (a,) in enumerate(_spd_cases(n_cases, seed), start=1):
+        eigenvalues = torch.linalg.eigvalsh(a)
+        expected = 2.0 / float(eigenvalues[-1])
+        try:
+            got = fn(a.clone())
+        except Exception as err:  # the reader's bug, reported rather than raised
+            return CheckResult(False, n, f"max stable lr: case {n} ({a.shape[0]}x{a.shape[0]}) "
+                               f"raised {type(err).__name__}: {err}")
+        try:
+            got = float(got)
+        except (TypeError, ValueError, RuntimeError):
+            return CheckResult(False, n, f"max stable lr: case {n} returned {type(got).__name__}; "
+                               "return one number, the learning rate")
+        if abs(got - expected) <= 1e-4 * expected:
+            continue
+        positive = eigenvalues[eigenvalues > 1e-12]
+        slips = {
+            "1/λ_max (the threshold has a factor 2: 1 - ηλ may reach -1)": 1.0 / float(eigenvalues[-1]),
+            "2/λ_min (the smallest nonzero eigenvalue; the largest one limits the step)":
+                2.0 / float(positive[0]),
+            "2/trace(A) (the sum of all eigenvalues, not the largest)": 2.0 / float(a.trace()),
+            "2/max|A_ij| (a matrix entry, not an eigenvalue)": 2.0 / float(a.abs().max()),
+        }
+        hint = next((f"\nIt equals {k}." for k, v in slips.items() if abs(got - v) <= 1e-4 * abs(v)), "")
+        return CheckResult(False, n, f"max stable lr: case {n} ({a.shape[0]}x{a.shape[0]}, "
+                           f"λ_max = {float(eigenvalues[-1]):.4g}) returned {got:.6g}, expected "
+                           f"2/λ_max = {expected:.6g}.{hint}")
+    return CheckResult(True, n, f"max stable lr: all {n} random matrices give 2/λ_max.")
+
+
+def _hvp_functions(g: torch.Generator, n: int):
+    """Smooth scalar test functions of x in R^n, with random coefficients."""
+    w = torch.randn(3, n, generator=g, dtype=torch.float64)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    b = torch.randn(n, generator=g, dtype=torch.float64)
+    return [
+        ("½ xᵀAx + bᵀx", lambda x: 0.5 * x @ (a @ x) + b @ x),
+        ("sum tanh(Wx)", lambda x: torch.tanh(w @ x).sum()),
+        ("logsumexp(Wx)", lambda x: torch.logsumexp(w @ x, 0)),
+        ("½‖tanh(Wx)‖² + (bᵀx)³/6", lambda x: 0.5 * (torch.tanh(w @ x) ** 2).sum() + (b @ x) ** 3 / 6),
+    ]
+
+
+def check_hvp(fn: Callable, n_cases: int = 24, seed: int = 0) -> CheckResult:
+    """Check ``fn(f, x, v)`` returns the Hessian-vector product ``∇²f(x) v`` of a scalar
+    function ``f`` of a 1-D tensor ``x`` (float64; ``x`` does not require grad), against
+    ``torch.autograd.functional.hvp``, on random quadratics, tanh and log-sum-exp functions."""
+    if not callable(fn):
+        raise TypeError(f"the function to check must be callable, got {type(fn).__name__}")
+    g = torch.Generator().manual_seed(seed)
+    k = 0
+    while k < n_cases:
+        n_dim = int(torch.randint(1, 7, (1,), generator=g))
+        for label, f in _hvp_functions(g, n_dim):
+            if k == n_cases:
+                break
+            k += 1
+            x = torch.randn(n_dim, generator=g, dtype=torch.float64)
+            v = torch.randn(n_dim, generator=g, dtype=torch.float64)
+            _, expected = torch.autograd.functional.hvp(f, x, v)
+            try:
+                got = fn(f, x.clone(), v.clone())
+            except Exception as err:  # the reader's bug, reported rather than raised
+                hint = ""
+                if "does not require grad" in str(err):
+                    hint = ("\nHint: differentiate with respect to a copy that requires grad, "
+                            "x = x.detach().requires_grad_(), and keep the first gradient's graph "
+                            "with torch.autograd.grad(..., create_graph=True).")
+                return CheckResult(False, k, f"hvp: case {k} (f = {label}, n = {n_dim}) raised "
+                                   f"{type(err).__name__}: {err}{hint}")
+            try:
+                got = torch.as_tensor(got, dtype=torch.float64).detach()
+            except (TypeError, ValueError, RuntimeError):
+                return CheckResult(False, k, f"hvp: case {k} returned {type(got).__name__}, "
+                                   "expected a tensor shaped like x")
+            if got.shape != expected.shape:
+                return CheckResult(False, k, f"hvp: case {k} (f = {label}) returned shape "
+                                   f"{tuple(got.shape)}, expected {tuple(expected.shape)} (like x)")
+            if torch.allclose(got, expected, rtol=1e-6, atol=1e-9):
+                continue
+            xg = x.clone().requires_grad_()
+            (grad,) = torch.autograd.grad(f(xg), xg)
+            hint = ""
+            if torch.allclose(got, grad, rtol=1e-6, atol=1e-9):
+                hint = "\nIt equals the gradient ∇f(x): differentiate ∇f(x)·v once more."
+            elif torch.allclose(got, grad * v, rtol=1e-6, atol=1e-9):
+                hint = "\nIt equals ∇f(x) * v entrywise: the Hessian product needs a second derivative."
+            return CheckResult(False, k, f"hvp: case {k} (f = {label}, n = {n_dim}) is wrong.\n"
+                               f"expected: {_short(expected)}\nreturned: {_short(got)}{hint}")
+    return CheckResult(True, k, f"hvp: all {k} random cases match torch.autograd.functional.hvp.")

@@ -1,0 +1,204 @@
+"""Tests for gradlab.hessian: Hessian-vector products and the top eigenvalue against the
+explicit Hessian, and the stability threshold η = 2/λ_max that the chapter derives."""
+
+import pytest
+import torch
+from torch.func import functional_call
+
+import gradlab as gl
+from gradlab.hessian import Eigenpair, hvp, top_eigenvalue
+
+DT = torch.float64
+
+
+def _small_problem(seed: int = 0, activation: str = "tanh"):
+    torch.manual_seed(seed)
+    net = gl.mlp(3, 5, in_features=3, out_features=2, activation=activation).to(DT)
+    x = torch.randn(16, 3, dtype=DT)
+    y = torch.randn(16, 2, dtype=DT)
+
+    def closure():
+        return torch.nn.functional.mse_loss(net(x), y)
+
+    return net, x, y, closure
+
+
+def _explicit_hessian(net, x, y) -> torch.Tensor:
+    """The full Hessian of the MSE loss in the flat parameter vector, by autograd."""
+    names = [n for n, _ in net.named_parameters()]
+    params = [p.detach() for p in net.parameters()]
+
+    def loss_of(theta):
+        pieces = torch.split(theta, [p.numel() for p in params])
+        state = {n: t.view_as(p) for n, t, p in zip(names, pieces, params, strict=True)}
+        return torch.nn.functional.mse_loss(functional_call(net, state, (x,)), y)
+
+    flat = torch.cat([p.reshape(-1) for p in params])
+    return torch.autograd.functional.hessian(loss_of, flat)
+
+
+def _quadratic(eigenvalues, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n = len(eigenvalues)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
+    a = q @ torch.diag(torch.tensor(eigenvalues, dtype=DT)) @ q.T
+    a = (a + a.T) / 2
+    theta = torch.randn(n, generator=g, dtype=DT).requires_grad_()
+    return a, theta, (lambda: 0.5 * theta @ a @ theta)
+
+
+# -- hvp ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "gelu"])
+def test_hvp_equals_explicit_hessian_times_v(activation):
+    net, x, y, closure = _small_problem(1, activation)
+    hess = _explicit_hessian(net, x, y)
+    v = torch.randn(hess.shape[0], dtype=DT, generator=torch.Generator().manual_seed(2))
+    got = hvp(closure, net, v)  # flat in, flat out
+    torch.testing.assert_close(got, hess @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_hvp_parameter_shaped_vectors_round_trip():
+    net, x, y, closure = _small_problem(3)
+    params = list(net.parameters())
+    v = [torch.randn_like(p) for p in params]
+    got = hvp(closure, params, v)
+    assert isinstance(got, list) and [g.shape for g in got] == [p.shape for p in params]
+    flat_v = torch.cat([t.reshape(-1) for t in v])
+    torch.testing.assert_close(torch.cat([g.reshape(-1) for g in got]), _explicit_hessian(net, x, y) @ flat_v)
+
+
+def test_hvp_matches_torch_functional_hvp_on_a_quadratic():
+    a, theta, closure = _quadratic([3.0, -1.0, 0.5, 2.0])
+    v = torch.tensor([1.0, 2.0, -1.0, 0.5], dtype=DT)
+    torch.testing.assert_close(hvp(closure, [theta], v), a @ v)
+    _, reference = torch.autograd.functional.hvp(lambda t: 0.5 * t @ a @ t, theta.detach(), v)
+    torch.testing.assert_close(hvp(closure, [theta], v), reference)
+
+
+def test_hvp_unused_and_linear_parameters_give_zeros():
+    w = torch.randn(3, dtype=DT, requires_grad=True)
+    unused = torch.randn(2, dtype=DT, requires_grad=True)
+    out = hvp(lambda: (w * 2.0).sum(), [w, unused], [torch.ones(3, dtype=DT), torch.ones(2, dtype=DT)])
+    assert all(torch.equal(o, torch.zeros_like(o)) for o in out)
+
+
+# -- top_eigenvalue -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_eigenvalue_matches_eigvalsh_on_a_small_mlp(seed):
+    net, x, y, closure = _small_problem(seed)
+    expected = torch.linalg.eigvalsh(_explicit_hessian(net, x, y)).max().item()
+    result = top_eigenvalue(closure, net, iters=5000, tol=1e-10, seed=seed)
+    assert isinstance(result, Eigenpair) and result.converged
+    assert result.value == pytest.approx(expected, rel=1e-7)
+    # The returned vector is a unit eigenvector: H v = λ v.
+    hv = hvp(closure, net, result.vector)
+    flat = torch.cat([t.reshape(-1) for t in result.vector])
+    assert flat.norm().item() == pytest.approx(1.0, rel=1e-12)
+    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in hv]), result.value * flat, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "spectrum",
+    [
+        [10.0, 5.0, 3.0, 1.0, 0.1, 0.0],  # positive semi-definite
+        [4.0, 2.0, 1.0, -1.0, -3.0],  # indefinite, positive end dominant
+        [2.0, 1.0, 0.0, -0.5, -7.0],  # negative end dominant: needs the shifted second pass
+        [-1.0, -2.0, -6.0],  # negative definite: λ_max = -1
+    ],
+)
+def test_top_eigenvalue_on_a_quadratic_with_known_spectrum(spectrum):
+    _, theta, closure = _quadratic(spectrum, seed=len(spectrum))
+    result = top_eigenvalue(closure, [theta], iters=5000, tol=1e-10)
+    assert result.converged
+    assert result.value == pytest.approx(max(spectrum), rel=1e-7)
+
+
+def test_warm_start_from_the_eigenvector_converges_at_once():
+    net, _, _, closure = _small_problem(4)
+    first = top_eigenvalue(closure, net, iters=5000, tol=1e-10)
+    again = top_eigenvalue(closure, net, iters=5000, tol=1e-6, init=first.vector)
+    assert again.iterations <= 2
+    assert again.value == pytest.approx(first.value, rel=1e-8)
+    flat = torch.cat([t.reshape(-1) for t in first.vector])
+    assert top_eigenvalue(closure, net, iters=5, tol=1e-6, init=flat).iterations <= 2
+
+
+def test_same_seed_same_result_and_float32_works():
+    net, _, _, closure = _small_problem(5)
+    a = top_eigenvalue(closure, net, iters=20, tol=0.0, seed=7)
+    b = top_eigenvalue(closure, net, iters=20, tol=0.0, seed=7)
+    assert a.value == b.value and a.iterations == 20
+    net32 = gl.mlp(2, 4, in_features=3, out_features=1, activation="tanh")
+    x = torch.randn(8, 3)
+    r = top_eigenvalue(lambda: net32(x).pow(2).mean(), net32, iters=50)
+    assert r.vector[0].dtype == torch.float32 and r.value == r.value
+
+
+# -- the chapter's prediction: GD on ½ xᵀAx is stable iff η < 2/λ_max ---------------------------
+
+
+def test_gradient_descent_threshold_is_two_over_top_eigenvalue():
+    a, theta, closure = _quadratic([9.0, 4.0, 2.0, 1.0, 0.3], seed=11)
+    lam = top_eigenvalue(closure, [theta], iters=5000, tol=1e-12).value
+    x0 = torch.ones(5, dtype=DT)
+
+    def final_norm(eta, steps=400):
+        x = x0.clone()
+        for _ in range(steps):
+            x = x - eta * (a @ x)
+        return x.norm().item(), x
+
+    below, _ = final_norm(0.99 * 2 / lam)
+    above, _ = final_norm(1.01 * 2 / lam)
+    assert below < 1e-1 * x0.norm().item()
+    assert above > 1e2 * x0.norm().item()
+    # Above the threshold the norm grows by |1 - ηλ_max| per step (tolerance 1e-6 relative).
+    eta = 1.01 * 2 / lam
+    n1, x = final_norm(eta, 300)
+    n2 = (x - eta * (a @ x)).norm().item()
+    assert n2 / n1 == pytest.approx(abs(1 - eta * lam), rel=1e-6)
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+
+
+def test_bad_inputs_name_the_argument():
+    net, _, _, closure = _small_problem(0)
+    params = list(net.parameters())
+    v = [torch.zeros_like(p) for p in params]
+    with pytest.raises(TypeError, match="closure"):
+        hvp("loss", params, v)
+    with pytest.raises(TypeError, match="params"):
+        hvp(closure, params[0], v)
+    with pytest.raises(ValueError, match="params"):
+        hvp(closure, [], v)
+    with pytest.raises(ValueError, match=r"params\[0\]"):
+        hvp(closure, [torch.zeros(3)], [torch.zeros(3)])
+    with pytest.raises(TypeError, match=r"params\[1\]"):
+        hvp(closure, [params[0], 3.0], v[:2])
+    with pytest.raises(ValueError, match="vector"):
+        hvp(closure, params, v[:-1])
+    with pytest.raises(ValueError, match=r"vector\[0\]"):
+        hvp(closure, params, [torch.zeros(2)] + v[1:])
+    with pytest.raises(ValueError, match="vector"):
+        hvp(closure, params, torch.zeros(3))
+    with pytest.raises(TypeError, match="vector"):
+        hvp(closure, params, 1.0)
+    with pytest.raises(ValueError, match="closure"):
+        hvp(lambda: net(torch.zeros(4, 3, dtype=DT)), params, v)
+    with pytest.raises(ValueError, match="closure"):
+        hvp(lambda: closure() * float("nan"), params, v)
+    with pytest.raises(ValueError, match="iters"):
+        top_eigenvalue(closure, net, iters=0)
+    with pytest.raises(TypeError, match="iters"):
+        top_eigenvalue(closure, net, iters=2.5)
+    with pytest.raises(ValueError, match="tol"):
+        top_eigenvalue(closure, net, tol=-1.0)
+    with pytest.raises(ValueError, match="seed"):
+        top_eigenvalue(closure, net, seed=-1)
+    with pytest.raises(ValueError, match="init"):
+        top_eigenvalue(closure, net, init=v)
