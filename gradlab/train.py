@@ -37,7 +37,8 @@ class History:
         clipped_grad_norm: the same after clipping (NaN for a step that was not applied).
         lr: learning rate of parameter group 0 used by the step.
         step_time: wall-clock seconds of the step.
-        skipped: True where the optimizer step was not taken because of a NaN/Inf.
+        skipped: True where the optimizer step was not taken because of a NaN/Inf (skipped
+            steps, and the step a run stopped at).
         stopped_at: the step where the run stopped on a NaN/Inf, or ``None``.
         stop_reason: why it stopped, e.g. ``"loss is nan at step 12"``, or ``None``.
         nonfinite_layer: the parameter (or, with a monitor, the layer) where the first
@@ -64,6 +65,11 @@ class History:
         """Whether the run ended early on a NaN/Inf."""
         return self.stopped_at is not None
 
+    def _skipped_steps(self) -> np.ndarray:
+        """Steps skipped and gone past (the step a run stopped at is not counted)."""
+        steps = np.flatnonzero(self.skipped)
+        return steps[steps != self.stopped_at] if self.stopped_at is not None else steps
+
     def summary(self) -> str:
         """A few readable lines: steps run, losses, gradient norms, skips and the stop reason."""
         n = len(self)
@@ -79,20 +85,20 @@ class History:
             clipped = int(np.sum(self.clipped_grad_norm < self.grad_norm * (1 - 1e-6)))
             if clipped:
                 lines.append(f"clipped on {clipped} of {n} steps")
-        if self.skipped.any():
-            lines.append(f"skipped {int(self.skipped.sum())} steps with NaN/Inf: "
-                         f"{_few(np.flatnonzero(self.skipped))}")
+        skipped = self._skipped_steps()
+        if len(skipped):
+            lines.append(f"skipped {len(skipped)} steps with NaN/Inf: {_few(skipped)}")
         if self.stop_reason is not None:
             lines.append(f"stopped: {self.stop_reason}")
         if self.nonfinite_layer is not None:
-            lines.append(f"first non-finite value in: {self.nonfinite_layer!r}")
+            lines.append(f"first non-finite value seen in: {self.nonfinite_layer!r}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         last = f"{self.loss[-1]:.4g}" if len(self) else "-"
         parts = [f"steps={len(self)}/{self.steps}", f"final_loss={last}"]
-        if self.skipped.any():
-            parts.append(f"skipped={int(self.skipped.sum())}")
+        if len(self._skipped_steps()):
+            parts.append(f"skipped={len(self._skipped_steps())}")
         if self.stop_reason is not None:
             parts.append(f"stopped={self.stop_reason!r}")
         return f"History({', '.join(parts)})"
@@ -268,13 +274,15 @@ def fit(
             if not (math.isfinite(loss_value) and math.isfinite(norm)):
                 bad = [n for n, p in backward_order if p.grad is not None and not p.grad.isfinite().all()]
                 layer = bad[0] if bad else None
+                where = f"first non-finite gradient, output side first: {layer!r}"
                 if monitor is not None and len(monitor.nonfinite_events) > events_before:
                     event = monitor.nonfinite_events[events_before]
                     layer = event.layer
+                    where = f"first non-finite {event.where.replace('_', ' ')}: layer {layer!r}"
                 if not math.isfinite(loss_value):
                     reason = f"loss is {loss_value} at step {step}"
                     if layer is not None:
-                        reason += f" (first non-finite value in {layer!r})"
+                        reason += f" ({where})"
                 elif bad:
                     grad = dict(named)[bad[0]].grad
                     reason = f"gradient of {bad[0]!r} is {_kind(grad)} at step {step}"

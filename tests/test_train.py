@@ -189,7 +189,7 @@ def test_accumulation_matches_one_big_batch(k):
         loss = mse(ref(x), y)
         loss.backward()
         norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), math.inf)))
-        losses.append(float(loss))
+        losses.append(loss.item())
         ref_opt.step()
     np.testing.assert_allclose(hist.grad_norm, norms, rtol=1e-5)
     np.testing.assert_allclose(hist.loss, losses, rtol=1e-5)
