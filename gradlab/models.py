@@ -103,6 +103,16 @@ class MLP(nn.Sequential):
         self.init_name = init
         self.gain = gain
 
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            # nn.Sequential slices with self.__class__(OrderedDict), which MLP's signature does
+            # not take; build the slice here, keeping the knobs and the blocks' names.
+            sub = MLP([], self.activation_name, self.init_name, self.gain)
+            for name, block in list(self._modules.items())[idx]:
+                sub.add_module(name, block)
+            return sub
+        return super().__getitem__(idx)
+
     @property
     def linears(self) -> list[nn.Linear]:
         """The linear layers, input to output."""

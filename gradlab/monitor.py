@@ -51,6 +51,15 @@ def _norms(tensors) -> list[float]:
     return norms
 
 
+def _sums(tensors) -> list[float]:
+    """Sums of many tensors; like :func:`_norms`, redone in float64 where float32 overflows."""
+    sums = torch.stack([t.sum() for t in tensors]).tolist()
+    for k, (t, total) in enumerate(zip(tensors, sums, strict=True)):
+        if not np.isfinite(total) and t.dtype != torch.float64:
+            sums[k] = float(t.sum(dtype=torch.float64))
+    return sums
+
+
 class GradientMonitor:
     """Record per-layer statistics of every backward pass of ``model``.
 
@@ -140,7 +149,7 @@ class GradientMonitor:
         layers, outs = zip(*self._outputs, strict=True)
         self._outputs = []
         norms = _norms(outs)
-        sums = torch.stack([o.sum() for o in outs]).tolist()
+        sums = _sums(outs)
         flagged = False
         for i, out, norm, total in zip(layers, outs, norms, sums, strict=True):
             # Population mean and std from the sum and the 2-norm: torch.std_mean is several
@@ -154,6 +163,10 @@ class GradientMonitor:
                 self._flag(i, "activation")
 
     def _on_grad(self, layer: int, where: str, grad: torch.Tensor) -> None:
+        if not self._handles:
+            # A graph built while attached keeps its output hooks; a backward through it after
+            # detach() must not add a (half-filled) row to a detached monitor.
+            return
         self._row_has_backward = True
         self._grads.append((layer, where, grad))
         if not self._callback_queued:

@@ -87,8 +87,7 @@ def heatmap(
     ax = _axes(ax)
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(values).T
-    cmap = mpl.colormaps[mpl.rcParams["image.cmap"]].copy()
-    cmap.set_bad("red")
+    cmap = mpl.colormaps[mpl.rcParams["image.cmap"]].with_extremes(bad="red")  # a copy
     image = ax.imshow(
         np.ma.masked_invalid(logs), aspect="auto", origin="lower", interpolation="nearest", cmap=cmap
     )

@@ -122,3 +122,193 @@ def test_check_hvp_explains_mistakes():
     assert not shape and "shape" in str(shape)
     with pytest.raises(TypeError):
         check_hvp("hvp")
+
+
+# ---------------------------------------------------------------------------------------------
+# check_function, CheckResult, and the chapter 1-2 checkers
+# Imports are inside the tests: other sections of this file are written concurrently.
+# ---------------------------------------------------------------------------------------------
+
+
+def _core_square_cases():
+    import torch
+
+    return [(torch.tensor([1.0, -2.0, 3.0]),), (torch.tensor(0.5),), (torch.arange(4.0).reshape(2, 2),)]
+
+
+def test_check_function_passes_a_correct_function():
+    from gradlab.exercises import CheckResult, check_function
+
+    result = check_function(lambda t: t * t, lambda t: t**2, _core_square_cases(), name="square")
+    assert isinstance(result, CheckResult)
+    assert result.passed and bool(result)
+    assert result.cases == 3
+    assert result.message == "square: all 3 random cases match."
+    # plain Python numbers and lists are accepted as return values
+    result = check_function(lambda a, b: float(a + b), lambda a, b: a + b, [(1, 2), (0.5, 0.25)],
+                            name="add")
+    assert result and result.cases == 2
+
+
+def test_check_function_names_the_failing_case_and_shows_both_values():
+    import torch
+
+    from gradlab.exercises import check_function
+
+    def wrong(t):
+        return t * t if t.ndim != 0 else t * 3  # wrong on case 2 only
+
+    result = check_function(wrong, lambda t: t**2, _core_square_cases(), name="square")
+    assert not result and result.passed is False
+    assert result.cases == 2
+    assert result.message.startswith("square: case 2 is wrong")
+    assert "largest error 1.25" in result.message
+    assert "expected: [0.25]" in result.message
+    assert "returned: [1.5]" in result.message
+    long = check_function(lambda t: t + 1, lambda t: t, [(torch.zeros(10),)], name="long")
+    assert "expected: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0] ..." in long.message
+    assert "returned: [1.0, 1.0, 1.0, 1.0, 1.0, 1.0] ..." in long.message
+
+
+def test_check_function_tolerances():
+    from gradlab.exercises import check_function
+
+    cases = [(1.0,)]
+    assert check_function(lambda x: x + 1e-9, lambda x: x, cases, name="f")
+    assert not check_function(lambda x: x + 1e-3, lambda x: x, cases, name="f")
+    assert check_function(lambda x: x + 1e-3, lambda x: x, cases, name="f", rtol=1e-2)
+    assert not check_function(lambda x: float("nan"), lambda x: x, cases, name="f")
+
+
+def test_check_function_reports_exceptions_of_the_candidate():
+    from gradlab.exercises import check_function
+
+    def broken(t):
+        raise ZeroDivisionError("oops")
+
+    result = check_function(broken, lambda t: t, _core_square_cases(), name="square")
+    assert not result
+    assert result.cases == 1
+    assert result.message == "square: case 1 raised ZeroDivisionError: oops"
+
+
+def test_check_function_reports_wrong_shapes_and_types():
+    from gradlab.exercises import check_function
+
+    result = check_function(lambda t: t.reshape(-1), lambda t: t, _core_square_cases()[2:], name="flat")
+    assert not result
+    assert result.message == "flat: case 1 returned shape (4,), expected (2, 2)"
+    result = check_function(lambda t: "abc", lambda t: t, _core_square_cases(), name="str")
+    assert not result
+    assert "case 1 returned str" in result.message
+    result = check_function(lambda t: None, lambda t: t, _core_square_cases(), name="none")
+    assert not result and "returned NoneType" in result.message
+
+
+def test_check_function_rejects_a_non_callable_candidate():
+    import pytest
+
+    from gradlab.exercises import check_function
+
+    for candidate in (None, 3, "f"):
+        with pytest.raises(TypeError, match="callable"):
+            check_function(candidate, lambda t: t, _core_square_cases(), name="x")
+
+
+def test_check_result_truthiness_str_and_markdown():
+    from gradlab.exercises import CheckResult
+
+    ok, bad = CheckResult(True, 5, "all good"), CheckResult(False, 2, "case 2 is wrong")
+    assert bool(ok) and not bool(bad)
+    assert str(ok) == "all good" and str(bad) == "case 2 is wrong"
+    assert ok._repr_markdown_() == "✅ all good"
+    assert bad._repr_markdown_() == "❌ case 2 is wrong"
+
+
+def _core_chain_gradient(weights, x):
+    import math
+
+    grad, h = 1.0, x
+    for a in weights:
+        h = math.tanh(a * h)
+        grad *= a * (1.0 - h * h)
+    return grad
+
+
+def test_check_scalar_chain_gradient_passes_a_correct_implementation():
+    from gradlab.exercises import check_scalar_chain_gradient
+
+    result = check_scalar_chain_gradient(_core_chain_gradient)
+    assert result and result.cases == 50
+    assert check_scalar_chain_gradient(_core_chain_gradient, n_cases=7, seed=3).cases == 7
+
+
+def test_check_scalar_chain_gradient_fails_wrong_implementations():
+    import math
+
+    from gradlab.exercises import check_scalar_chain_gradient
+
+    def no_tanh_derivative(weights, x):
+        return math.prod(weights)
+
+    result = check_scalar_chain_gradient(no_tanh_derivative)
+    assert not result
+    assert "scalar chain gradient: case 1 is wrong" in result.message
+    assert "expected:" in result.message and "returned:" in result.message
+
+    def off_by_one_layer(weights, x):
+        return _core_chain_gradient(weights[:-1], x)
+
+    assert not check_scalar_chain_gradient(off_by_one_layer)
+
+    def crashes(weights, x):
+        return weights[100]
+
+    result = check_scalar_chain_gradient(crashes)
+    assert not result and "raised IndexError" in result.message
+
+
+def _core_layer_jacobian(w, b, x, activation):
+    from gradlab.theory import activation_derivative
+
+    return activation_derivative(activation, w @ x + b)[:, None] * w
+
+
+def test_check_layer_jacobian_passes_a_correct_implementation():
+    from gradlab.exercises import check_layer_jacobian
+
+    result = check_layer_jacobian(_core_layer_jacobian)
+    assert result and result.cases == 40
+    assert "layer Jacobian: all 40 random cases match." == result.message
+    assert check_layer_jacobian(_core_layer_jacobian, n_cases=8, seed=5)
+
+
+def test_check_layer_jacobian_fails_a_transposed_jacobian():
+    from gradlab.exercises import check_layer_jacobian
+
+    def transposed(w, b, x, activation):
+        return _core_layer_jacobian(w, b, x, activation).T
+
+    result = check_layer_jacobian(transposed)
+    assert not result
+    assert "layer Jacobian: case" in result.message
+    # a non-square case gives a shape message, a square one a value message
+    assert "returned shape" in result.message or "is wrong" in result.message
+
+
+def test_check_layer_jacobian_fails_when_the_activation_derivative_is_forgotten():
+    from gradlab.exercises import check_layer_jacobian
+
+    def weights_only(w, b, x, activation):
+        return w
+
+    result = check_layer_jacobian(weights_only)
+    assert not result
+    # the first case uses the identity activation, for which W is right: case 2 (relu) fails
+    assert result.cases >= 2
+    assert f"case {result.cases} is wrong" in result.message
+
+    def wrong_slope(w, b, x, activation):  # uses tanh' whatever the activation
+        return _core_layer_jacobian(w, b, x, "tanh")
+
+    assert not check_layer_jacobian(wrong_slope)

@@ -1,1 +1,319 @@
 """Tests for gradlab.models."""
+
+
+# ---------------------------------------------------------------------------------------------
+# mlp and init_linear_ (shapes, layer types, init statistics, bad arguments)
+# Imports are inside the tests: other sections of this file are written concurrently.
+# ---------------------------------------------------------------------------------------------
+
+
+def _weight_std(weight):
+    return float(weight.detach().double().std())
+
+
+def test_mlp_shapes_and_layer_count():
+    import torch
+    from torch import nn
+
+    from gradlab.models import MLP, Block, mlp
+
+    for depth in (1, 2, 5):
+        model = mlp(depth, 16, in_features=3, out_features=7)
+        assert isinstance(model, MLP)
+        assert len(model) == depth
+        assert all(isinstance(block, Block) for block in model)
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        assert len(linears) == depth
+        assert linears == model.linears
+        assert [w.shape for w in model.weights] == [lin.weight.shape for lin in linears]
+        dims = [3] + [16] * (depth - 1) + [7]
+        assert [(lin.in_features, lin.out_features) for lin in linears] == list(
+            zip(dims[:-1], dims[1:], strict=True)
+        )
+        assert model(torch.randn(4, 3)).shape == (4, 7)
+
+
+def test_mlp_default_in_and_out_features_are_the_width():
+    import torch
+
+    from gradlab.models import mlp
+
+    model = mlp(3, 10)
+    assert model.linears[0].in_features == 10 and model.linears[-1].out_features == 10
+    assert model(torch.randn(2, 10)).shape == (2, 10)
+    assert model.activation_name == "relu" and model.init_name == "he" and model.gain == 1.0
+
+
+def test_mlp_activation_types_and_linear_read_out():
+    from torch import nn
+
+    from gradlab.models import ACTIVATIONS, mlp
+
+    for name, cls in ACTIVATIONS.items():
+        model = mlp(4, 8, activation=name)
+        assert model.activation_name == name
+        for block in model[:-1]:
+            assert type(block.activation) is cls
+        # the read-out is a plain linear layer: no norm, no activation, no skip
+        assert isinstance(model[-1].activation, nn.Identity)
+        assert isinstance(model[-1].norm, nn.Identity)
+        assert not model[-1].residual
+
+
+def test_mlp_depth_one_is_a_linear_model():
+    import torch
+
+    from gradlab.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(1, 5, in_features=3, out_features=2, activation="tanh", bias_std=0.5)
+    x = torch.randn(6, 3)
+    lin = model.linears[0]
+    torch.testing.assert_close(model(x), x @ lin.weight.T + lin.bias)
+
+
+def test_mlp_forward_is_linear_norm_activation():
+    import torch
+
+    from gradlab.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(3, 6, in_features=4, out_features=2, activation="tanh", bias_std=0.3)
+    x = torch.randn(5, 4)
+    h = x
+    for lin in model.linears[:-1]:
+        h = torch.tanh(h @ lin.weight.T + lin.bias)
+    lin = model.linears[-1]
+    torch.testing.assert_close(model(x), h @ lin.weight.T + lin.bias)
+
+
+def test_mlp_residual_only_where_widths_match():
+    import torch
+
+    from gradlab.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(5, 8, in_features=3, out_features=2, residual=True, residual_scale=0.5,
+                activation="tanh")
+    assert [block.residual for block in model] == [False, True, True, True, False]
+    assert "residual=True" in repr(model[1]) and "residual_scale=0.5" in repr(model[1])
+    h = torch.randn(4, 8)
+    block = model[2]
+    expected = h + 0.5 * torch.tanh(block.linear(h))
+    torch.testing.assert_close(block(h), expected)
+    # equal in/out widths: every hidden layer is residual, the read-out never
+    square = mlp(3, 8, residual=True)
+    assert [block.residual for block in square] == [True, True, False]
+    assert not any(block.residual for block in mlp(3, 8))
+
+
+def test_block_residual_needs_equal_widths():
+    import pytest
+    from torch import nn
+
+    from gradlab.models import Block
+
+    with pytest.raises(ValueError, match="in_features == out_features"):
+        Block(nn.Linear(3, 4), residual=True)
+
+
+def test_mlp_norm_layers():
+    import torch
+    from torch import nn
+
+    from gradlab.models import mlp
+
+    for norm, cls in (("batch", nn.BatchNorm1d), ("layer", nn.LayerNorm)):
+        model = mlp(4, 8, in_features=3, out_features=2, norm=norm)
+        for block in model[:-1]:
+            assert isinstance(block.norm, cls)
+        assert isinstance(model[-1].norm, nn.Identity)
+        assert sum(isinstance(m, cls) for m in model.modules()) == 3
+        out = model[0].norm(model[0].linear(torch.randn(16, 3)))
+        if norm == "layer":
+            torch.testing.assert_close(out.mean(dim=1), torch.zeros(16), atol=1e-5, rtol=0)
+        else:
+            torch.testing.assert_close(out.mean(dim=0), torch.zeros(8), atol=1e-5, rtol=0)
+    model = mlp(3, 8)
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) for m in model.modules())
+
+
+def test_mlp_bias_on_and_off():
+    import torch
+
+    from gradlab.models import mlp
+
+    with_bias = mlp(3, 8)
+    assert all(lin.bias is not None for lin in with_bias.linears)
+    assert all(torch.count_nonzero(lin.bias) == 0 for lin in with_bias.linears)  # bias_std=0
+    without = mlp(3, 8, bias=False, bias_std=1.0)
+    assert all(lin.bias is None for lin in without.linears)
+    assert len(list(without.parameters())) == 3
+
+
+def test_bias_std():
+    import torch
+
+    from gradlab.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(3, 4000, in_features=2, out_features=4000, bias_std=0.3)
+    for lin in model.linears:
+        assert abs(_weight_std(lin.bias) / 0.3 - 1) < 0.05
+        assert abs(float(lin.bias.detach().mean())) < 0.03
+
+
+def test_init_std_matches_formula():
+    import math
+
+    import torch
+    from torch import nn
+
+    from gradlab.models import init_linear_
+
+    fan_in, fan_out = 400, 900
+    for gain in (1.0, 1.7):
+        expected = {
+            "gaussian": gain / math.sqrt(fan_in),
+            "xavier": gain * math.sqrt(2.0 / (fan_in + fan_out)),
+            "he": gain * math.sqrt(2.0 / fan_in),
+        }
+        for init, std in expected.items():
+            torch.manual_seed(1)
+            layer = init_linear_(nn.Linear(fan_in, fan_out), init, gain)
+            assert abs(_weight_std(layer.weight) / std - 1) < 0.01, init
+            assert abs(float(layer.weight.detach().mean())) < 0.01 * std
+            assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_mlp_init_std_in_every_layer():
+    import math
+
+    import torch
+
+    from gradlab.models import mlp
+
+    torch.manual_seed(0)
+    width = 600
+    for init, std in (("gaussian", 1.3 / math.sqrt(width)), ("he", 1.3 * math.sqrt(2 / width)),
+                      ("xavier", 1.3 / math.sqrt(width))):
+        model = mlp(3, width, init=init, gain=1.3)
+        for w in model.weights:
+            assert abs(_weight_std(w) / std - 1) < 0.01, init
+
+
+def test_he_init_matches_torch_kaiming_normal():
+    import torch
+    from torch import nn
+
+    from gradlab.models import init_linear_
+
+    torch.manual_seed(2)
+    ours = init_linear_(nn.Linear(500, 700), "he").weight
+    theirs = torch.empty(700, 500)
+    nn.init.kaiming_normal_(theirs, mode="fan_in", nonlinearity="relu")
+    assert abs(_weight_std(ours) / _weight_std(theirs) - 1) < 0.01
+    # and xavier against torch's xavier_normal_
+    ours = init_linear_(nn.Linear(500, 700), "xavier").weight
+    nn.init.xavier_normal_(theirs)
+    assert abs(_weight_std(ours) / _weight_std(theirs) - 1) < 0.01
+
+
+def test_orthogonal_init():
+    import torch
+    from torch import nn
+
+    from gradlab.models import init_linear_, mlp
+
+    torch.manual_seed(0)
+    for gain in (1.0, 0.5, 2.0):
+        tall = init_linear_(nn.Linear(20, 50), "orthogonal", gain).weight.detach().double()
+        torch.testing.assert_close(tall.T @ tall, gain**2 * torch.eye(20, dtype=torch.float64),
+                                   atol=1e-5, rtol=0)
+        wide = init_linear_(nn.Linear(50, 20), "orthogonal", gain).weight.detach().double()
+        torch.testing.assert_close(wide @ wide.T, gain**2 * torch.eye(20, dtype=torch.float64),
+                                   atol=1e-5, rtol=0)
+    model = mlp(3, 32, init="orthogonal", gain=1.5)
+    for w in model.weights:
+        torch.testing.assert_close(torch.linalg.svdvals(w.detach()), torch.full((32,), 1.5),
+                                   atol=1e-5, rtol=0)
+
+
+def test_gain_zero_gives_zero_weights():
+    import torch
+
+    from gradlab.models import INITS, mlp
+
+    for init in INITS:
+        model = mlp(2, 5, init=init, gain=0.0)
+        assert all(torch.count_nonzero(w) == 0 for w in model.weights)
+
+
+def test_mlp_rejects_bad_arguments():
+    import pytest
+
+    from gradlab.models import mlp
+
+    bad = [
+        (ValueError, "depth", dict(depth=0)),
+        (ValueError, "depth", dict(depth=-2)),
+        (TypeError, "depth", dict(depth=2.0)),
+        (TypeError, "depth", dict(depth=True)),
+        (TypeError, "depth", dict(depth="3")),
+        (ValueError, "width", dict(width=-1)),
+        (ValueError, "width", dict(width=0)),
+        (TypeError, "width", dict(width=8.5)),
+        (ValueError, "in_features", dict(in_features=0)),
+        (TypeError, "out_features", dict(out_features=2.0)),
+        (ValueError, "activation", dict(activation="foo")),
+        (ValueError, "activation", dict(activation="ReLU")),
+        (ValueError, "init", dict(init="bar")),
+        (ValueError, "init", dict(init=None)),
+        (ValueError, "norm", dict(norm="x")),
+        (ValueError, "norm", dict(norm=True)),
+        (ValueError, "gain", dict(gain=-1)),
+        (ValueError, "gain", dict(gain=float("nan"))),
+        (TypeError, "gain", dict(gain="1")),
+        (TypeError, "residual", dict(residual="yes")),
+        (TypeError, "residual", dict(residual=1)),
+        (ValueError, "residual_scale", dict(residual_scale=float("inf"))),
+        (TypeError, "bias", dict(bias="no")),
+        (ValueError, "bias_std", dict(bias_std=-0.1)),
+    ]
+    for error, name, override in bad:
+        kwargs = dict(depth=3, width=8) | override
+        with pytest.raises(error, match=name):
+            mlp(**kwargs)
+
+
+def test_init_linear_rejects_bad_arguments():
+    import pytest
+    from torch import nn
+
+    from gradlab.models import init_linear_
+
+    with pytest.raises(TypeError, match="layer"):
+        init_linear_(nn.Conv1d(2, 2, 1))
+    with pytest.raises(ValueError, match="init"):
+        init_linear_(nn.Linear(2, 2), "kaiming")
+    with pytest.raises(ValueError, match="gain"):
+        init_linear_(nn.Linear(2, 2), "he", gain=-1.0)
+    with pytest.raises(ValueError, match="bias_std"):
+        init_linear_(nn.Linear(2, 2), "he", bias_std=-1.0)
+
+
+def test_mlp_slices_are_mlps():
+    import torch
+
+    from gradlab.models import MLP, mlp
+
+    torch.manual_seed(0)
+    model = mlp(4, 8, in_features=3, out_features=2, activation="tanh", init="xavier", gain=0.7)
+    hidden = model[:-1]
+    assert isinstance(hidden, MLP) and len(hidden) == 3
+    assert (hidden.activation_name, hidden.init_name, hidden.gain) == ("tanh", "xavier", 0.7)
+    assert [name for name, _ in model[1:3].named_children()] == ["1", "2"]
+    assert hidden.linears == model.linears[:-1]
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(model[-1](hidden(x)), model(x))
+    assert model[0] is next(iter(model))
