@@ -75,7 +75,10 @@ def total_norm(tensors: list[torch.Tensor], norm_type: float = 2.0) -> torch.Ten
     if not tensors:
         return torch.tensor(0.0)
     device = tensors[0].device
-    norms = [n.to(device) for group in _groups(tensors) for n in torch._foreach_norm(group, norm_type)]
+    norms: list[torch.Tensor] = []
+    for group in _groups(tensors):
+        group_norms = torch._foreach_norm(group, norm_type)
+        norms.extend(group_norms if group[0].device == device else [n.to(device) for n in group_norms])
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
 
