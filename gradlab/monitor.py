@@ -116,6 +116,7 @@ class GradientMonitor:
         self._outputs: list[tuple[int, torch.Tensor]] = []
         self._grads: list[tuple[int, str, torch.Tensor]] = []
         self._callback_queued = False
+        self._step_row: dict[str, np.ndarray] | None = None
         self.nonfinite_events: list[NonFiniteEvent] = []
 
     def _empty_row(self) -> dict[str, np.ndarray]:
@@ -168,6 +169,9 @@ class GradientMonitor:
             # detach() must not add a (half-filled) row to a detached monitor.
             return
         self._row_has_backward = True
+        # The optimizer step that follows belongs to this row, even if an evaluation forward
+        # (which opens a new row) runs between backward() and step().
+        self._step_row = self._row
         self._grads.append((layer, where, grad))
         if not self._callback_queued:
             # Runs once the whole backward pass is done, before any optimizer step.
@@ -208,8 +212,9 @@ class GradientMonitor:
         torch._foreach_sub_(self._snapshot, self._weights())  # snapshot := W_old - W_new
         changes = torch.stack(torch._foreach_norm(self._snapshot)).tolist()
         olds = torch.stack(self._old_norms).tolist()
+        row = self._step_row if self._step_row is not None else self._row
         for i, (change, old) in enumerate(zip(changes, olds, strict=True)):
-            self._row["update_ratio"][i] = change / old if old > 0 else np.inf
+            row["update_ratio"][i] = change / old if old > 0 else np.inf
         self._old_norms = None
 
     # -- hooks -----------------------------------------------------------------------------

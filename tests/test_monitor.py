@@ -354,3 +354,24 @@ def test_bad_constructor_arguments():
         GradientMonitor(model, on_nonfinite="ignore")
     with pytest.raises(ValueError, match="no nn.Linear"):
         GradientMonitor(nn.Sequential(nn.ReLU(), nn.Tanh()))
+
+
+def test_update_ratio_goes_to_the_backward_row_even_after_an_eval_forward():
+    import torch
+
+    import gradlab as gl
+
+    gl.seed_everything(0)
+    model = gl.mlp(3, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 8)
+    with gl.GradientMonitor(model, opt) as mon:
+        for _ in range(2):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            with torch.no_grad():
+                model(x)  # evaluation between backward() and step()
+            opt.step()
+    ratios = mon.update_ratios
+    assert ratios.shape == (2, 3)
+    assert (ratios > 0).all()  # each step's ratio landed in its own row, none lost or shifted
