@@ -216,7 +216,7 @@ def top_eigenvalue(
     if value < 0:
         # The dominant eigenvalue is negative, which says nothing about whether a positive one
         # exists: the top of the spectrum is the dominant eigenvalue of H - value·I (all >= 0).
-        # Restart from the first start vector: the eigenvector just found is the null space of
+        # Restart from the first start vector: the eigenvector just found lies in the null space of
         # H - value·I, the one start from which this iteration cannot move.
         shift = value
         top, v, more, converged, residual = _power_iteration(product, v0, iters, tol, shift=shift)
