@@ -5,7 +5,7 @@ gradient statistics), ``theory`` (closed-form results), ``plot`` (the book's fig
 ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, device, source).
 """
 
-from . import clip, exercises, hessian, models, monitor, plot, theory, train, utils
+from . import clip, data, exercises, hessian, models, monitor, plot, theory, train, utils
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
@@ -16,6 +16,7 @@ __all__ = [
     "GradientMonitor",
     "NonFiniteError",
     "clip",
+    "data",
     "exercises",
     "fit",
     "get_device",

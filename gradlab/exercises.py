@@ -331,3 +331,113 @@ def check_hvp(fn: Callable, n_cases: int = 24, seed: int = 0) -> CheckResult:
             return CheckResult(False, k, f"hvp: case {k} (f = {label}, n = {n_dim}) is wrong.\n"
                                f"expected: {_short(expected)}\nreturned: {_short(got)}{hint}")
     return CheckResult(True, k, f"hvp: all {k} random cases match torch.autograd.functional.hvp.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 4: backpropagation through time
+# ---------------------------------------------------------------------------------------------
+
+
+def _tanh_rnn_case(g: torch.Generator):
+    """A random tanh recurrence ``h_k = tanh(W h_{k-1} + c_k)``: returns W, the drives c_k and
+    the states ``h_0, ..., h_T`` as rows."""
+    n = int(torch.randint(1, 6, (1,), generator=g))
+    steps = int(torch.randint(1, 9, (1,), generator=g))
+    scale = 0.5 + 1.5 * float(torch.rand((), generator=g))  # spectral radius about 0.5 to 2
+    W = torch.randn(n, n, generator=g, dtype=torch.float64) * scale / n**0.5
+    drives = 0.5 * torch.randn(steps, n, generator=g, dtype=torch.float64)
+    hs = [0.5 * torch.randn(n, generator=g, dtype=torch.float64)]
+    for c in drives:
+        hs.append(torch.tanh(W @ hs[-1] + c))
+    return W, drives, torch.stack(hs)
+
+
+def _bptt_cases(n_cases: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for _ in range(n_cases):
+        W, drives, hs = _tanh_rnn_case(g)
+        steps = drives.shape[0]
+        t = int(torch.randint(0, steps + 1, (1,), generator=g))
+
+        def run(h, W=W, drives=drives, t=t):
+            for c in drives[t:]:
+                h = torch.tanh(W @ h + c)
+            return h
+
+        expected = torch.autograd.functional.jacobian(run, hs[t].clone())
+        cases.append((W, hs, t, expected))
+    return cases
+
+
+def _bptt_hint(fn: Callable, W: torch.Tensor, hs: torch.Tensor, t: int, expected: torch.Tensor) -> str:
+    """Name a common mistake if the candidate's answer matches one."""
+    try:
+        got = torch.as_tensor(fn(W.clone(), hs.clone(), t), dtype=torch.float64)
+    except Exception:  # already reported by check_function
+        return ""
+    if got.shape != expected.shape:
+        return ""
+    T = hs.shape[0] - 1
+    n = W.shape[0]
+
+    def product(slope_rows, left_to_right):
+        out = torch.eye(n, dtype=torch.float64)
+        for k in slope_rows:
+            factor = (1.0 - hs[k] ** 2)[:, None] * W
+            out = out @ factor if left_to_right else factor @ out
+        return out
+
+    variants = {
+        "your answer is the transpose of d h_T / d h_t (rows should index h_T, columns h_t)":
+            expected.T,
+        "the factors are multiplied in the wrong order: the factor of step T must stand on the "
+        "left, d h_T/d h_t = D_T W D_{T-1} W ... D_{t+1} W":
+            product(range(t + 1, T + 1), left_to_right=True),
+        "the slopes are off by one step: the factor of step k uses phi'(a_k) = 1 - h_k**2, "
+        "the state it produces, not h_{k-1}":
+            product(range(t, T), left_to_right=False),
+        "the slopes multiply the columns: diag(phi'(a_k)) W scales the rows of W "
+        "(slope[:, None] * W), not its columns":
+            _column_variant(W, hs, t),
+    }
+    for hint, value in variants.items():
+        if torch.allclose(got, value, rtol=1e-6, atol=1e-9) and not torch.allclose(
+            value, expected, rtol=1e-6, atol=1e-9
+        ):
+            return "\nHint: " + hint + "."
+    return ""
+
+
+def _column_variant(W: torch.Tensor, hs: torch.Tensor, t: int) -> torch.Tensor:
+    out = torch.eye(W.shape[0], dtype=torch.float64)
+    for k in range(t + 1, hs.shape[0]):
+        out = (W * (1.0 - hs[k] ** 2)[None, :]) @ out
+    return out
+
+
+def check_bptt_jacobian(fn: Callable, n_cases: int = 40, seed: int = 0) -> CheckResult:
+    """Check ``fn(W, hs, t)`` returns ``d h_T / d h_t`` (an ``n x n`` tensor) for the tanh
+    recurrence ``h_k = tanh(W h_{k-1} + U x_k + b)``, given ``W`` (``n x n``), the states
+    ``hs`` (rows ``h_0, ..., h_T``) and ``0 <= t <= T``.
+
+    The reference is autograd on the recurrence that produced ``hs``; random sizes, lengths,
+    lags and scales of ``W``. A failure names the case, and a common mistake if it matches one.
+    """
+    n_cases = _check_count(n_cases)
+    cases = _bptt_cases(n_cases, seed)
+    expected = {id(hs): value for _, hs, _, value in cases}
+    result = check_function(
+        fn, lambda W, hs, t: expected[id(hs)], [(W, hs, t) for W, hs, t, _ in cases],
+        name="BPTT Jacobian", rtol=1e-6, atol=1e-9,
+    )
+    if not result.passed:
+        W, hs, t, value = cases[result.cases - 1]
+        result.message += _bptt_hint(fn, W, hs, t, value)
+    return result
+
+
+def _check_count(n_cases: object) -> int:
+    from ._validate import check_int
+
+    return check_int("n_cases", n_cases, minimum=1)

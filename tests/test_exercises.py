@@ -312,3 +312,78 @@ def test_check_layer_jacobian_fails_when_the_activation_derivative_is_forgotten(
         return _core_layer_jacobian(w, b, x, "tanh")
 
     assert not check_layer_jacobian(wrong_slope)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 4: check_bptt_jacobian
+# Imports are inside the tests: other sections of this file are written concurrently.
+# ---------------------------------------------------------------------------------------------
+
+
+def _bptt_product(W, hs, t, *, order="right", slope_shift=0, transpose=False, columns=False):
+    import torch
+
+    J = torch.eye(W.shape[0], dtype=torch.float64)
+    for k in range(t + 1, hs.shape[0]):
+        slope = 1.0 - hs[k - slope_shift] ** 2
+        factor = W * slope[None, :] if columns else slope[:, None] * W
+        J = factor @ J if order == "right" else J @ factor
+    return J.T if transpose else J
+
+
+def test_check_bptt_jacobian_accepts_a_correct_solution():
+    from gradlab.exercises import check_bptt_jacobian
+
+    result = check_bptt_jacobian(lambda W, hs, t: _bptt_product(W, hs, t))
+    assert result.passed and result.cases == 40
+    assert "all 40" in result.message
+    assert check_bptt_jacobian(lambda W, hs, t: _bptt_product(W, hs, t), n_cases=5, seed=3)
+
+
+def test_check_bptt_jacobian_names_common_mistakes():
+    from gradlab.exercises import check_bptt_jacobian
+
+    mistakes = {
+        "transpose": lambda W, hs, t: _bptt_product(W, hs, t, transpose=True),
+        "wrong order": lambda W, hs, t: _bptt_product(W, hs, t, order="left"),
+        "off by one": lambda W, hs, t: _bptt_product(W, hs, t, slope_shift=1),
+        "columns": lambda W, hs, t: _bptt_product(W, hs, t, columns=True),
+    }
+    for hint, fn in mistakes.items():
+        result = check_bptt_jacobian(fn)
+        assert not result.passed
+        assert "is wrong" in result.message and hint in result.message, result.message
+
+
+def test_check_bptt_jacobian_reports_errors_and_shapes():
+    import pytest
+    import torch
+
+    from gradlab.exercises import check_bptt_jacobian
+
+    def boom(W, hs, t):
+        raise RuntimeError("not yet")
+
+    result = check_bptt_jacobian(boom)
+    assert not result.passed and "RuntimeError: not yet" in result.message
+    result = check_bptt_jacobian(lambda W, hs, t: torch.zeros(W.shape[0] + 1))
+    assert not result.passed and "shape" in result.message
+    result = check_bptt_jacobian(lambda W, hs, t: W)
+    assert not result.passed and "Hint" not in result.message
+    with pytest.raises(TypeError, match="callable"):
+        check_bptt_jacobian("not a function")
+    with pytest.raises(ValueError, match="n_cases"):
+        check_bptt_jacobian(lambda W, hs, t: W, n_cases=0)
+
+
+def test_check_bptt_jacobian_reference_is_autograd():
+    # The cases' expected answers equal gradlab.theory.bptt_jacobian on the preactivations
+    # recovered from the states (a = atanh(h)), a second, independent route.
+    import torch
+
+    from gradlab.exercises import _bptt_cases
+    from gradlab.theory import bptt_jacobian
+
+    for W, hs, t, expected in _bptt_cases(20, seed=1):
+        preacts = torch.atanh(hs[1:])
+        torch.testing.assert_close(bptt_jacobian(W, preacts, "tanh", t), expected, rtol=1e-8, atol=1e-10)

@@ -317,3 +317,194 @@ def test_mlp_slices_are_mlps():
     x = torch.randn(5, 3)
     torch.testing.assert_close(model[-1](hidden(x)), model(x))
     assert model[0] is next(iter(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent models: VanillaRNN against torch.nn.RNN, spectral radius, LSTM/GRU wrappers
+# ---------------------------------------------------------------------------------------------
+
+
+def _copy_into_torch_rnn(model, nonlinearity):
+    import torch
+
+    ref = torch.nn.RNN(model.in_features, model.hidden_size, nonlinearity=nonlinearity,
+                       batch_first=True)
+    with torch.no_grad():
+        ref.weight_hh_l0.copy_(model.W)
+        ref.weight_ih_l0.copy_(model.U)
+        ref.bias_ih_l0.copy_(model.b)
+        ref.bias_hh_l0.zero_()
+    return ref
+
+
+def test_vanilla_rnn_matches_torch_rnn():
+    import torch
+
+    from gradlab.models import VanillaRNN
+
+    torch.manual_seed(0)
+    for activation in ("tanh", "relu"):
+        model = VanillaRNN(3, 8, 2, activation=activation, spectral_radius=0.9)
+        with torch.no_grad():
+            model.b.normal_()
+        ref = _copy_into_torch_rnn(model, activation)
+        x = torch.randn(5, 11, 3)
+        h0 = torch.randn(5, 8)
+        hs, preacts = model.states(x, h0)
+        out, h_last = ref(x, h0[None])
+        torch.testing.assert_close(hs[:, 1:], out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(hs[:, 0], h0)
+        torch.testing.assert_close(model(x, h0), model.readout(h_last[0]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model._phi(preacts), hs[:, 1:])
+
+
+def test_vanilla_rnn_linear_is_a_linear_recurrence():
+    import torch
+
+    from gradlab.models import VanillaRNN
+
+    torch.manual_seed(1)
+    model = VanillaRNN(2, 4, activation="linear", bias=False)
+    assert model.b is None
+    x = torch.randn(3, 6, 2, dtype=torch.float64)
+    model = model.double()
+    h = torch.zeros(3, 4, dtype=torch.float64)
+    for t in range(6):
+        h = h @ model.W.T + x[:, t] @ model.U.T
+    torch.testing.assert_close(model.states(x)[0][:, -1], h)
+
+
+def test_vanilla_rnn_cell_matches_states():
+    import torch
+
+    from gradlab.models import VanillaRNN
+
+    torch.manual_seed(2)
+    model = VanillaRNN(3, 5)
+    with torch.no_grad():
+        model.b.normal_()
+    x = torch.randn(2, 7, 3)
+    hs, _ = model.states(x)
+    h = torch.zeros(2, 5)
+    for t in range(7):
+        h = model.cell(h, x[:, t])
+        torch.testing.assert_close(h, hs[:, t + 1])
+    # unbatched use: one sequence step by step
+    h = torch.zeros(5)
+    for t in range(7):
+        h = model.cell(h, x[0, t])
+    torch.testing.assert_close(h, hs[0, -1])
+
+
+def test_vanilla_rnn_shapes_and_gradients():
+    import torch
+
+    from gradlab.models import GRU, LSTM, VanillaRNN
+
+    torch.manual_seed(3)
+    x = torch.randn(4, 9, 3)
+    for model in (VanillaRNN(3, 6, 2), LSTM(3, 6, 2), GRU(3, 6, 2), LSTM(3, 6, 2, num_layers=2)):
+        out = model(x)
+        assert out.shape == (4, 2)
+        out.sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    hs, preacts = VanillaRNN(3, 6).states(x)
+    assert hs.shape == (4, 10, 6) and preacts.shape == (4, 9, 6)
+    assert LSTM(3, 6).states(x).shape == (4, 9, 6)
+
+
+def test_spectral_radius_after_init_matches_request():
+    import torch
+
+    from gradlab.models import RNN_INITS, VanillaRNN
+    from gradlab.theory import spectral_radius
+
+    torch.manual_seed(4)
+    for init in RNN_INITS:
+        for rho in (0.5, 1.0, 1.7):
+            model = VanillaRNN(2, 32, init=init, spectral_radius=rho)
+            assert abs(spectral_radius(model.W) - rho) < 1e-5 * rho
+
+
+def test_recurrent_inits():
+    import torch
+
+    from gradlab.models import VanillaRNN
+    from gradlab.theory import spectral_norm, spectral_radius
+
+    torch.manual_seed(5)
+    ortho = VanillaRNN(2, 40, init="orthogonal", gain=1.3)
+    singular = torch.linalg.svdvals(ortho.W.detach().double())
+    torch.testing.assert_close(singular, torch.full_like(singular, 1.3), rtol=1e-6, atol=0)  # float32 W
+    ident = VanillaRNN(2, 5, init="identity", gain=0.7)
+    torch.testing.assert_close(ident.W.detach(), 0.7 * torch.eye(5))
+    # Gaussian: spectral radius near gain (circular law), largest singular value near 2 gain.
+    # Tolerances: at n = 400 the edge fluctuations are a few percent.
+    gauss = VanillaRNN(2, 400, init="gaussian", gain=0.8)
+    assert abs(spectral_radius(gauss.W) - 0.8) < 0.05
+    assert abs(spectral_norm(gauss.W) - 1.6) < 0.08
+
+
+def test_same_seed_same_model():
+    import torch
+
+    from gradlab.models import VanillaRNN
+
+    torch.manual_seed(6)
+    a = VanillaRNN(2, 8, spectral_radius=1.1)
+    torch.manual_seed(6)
+    b = VanillaRNN(2, 8, spectral_radius=1.1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_lstm_gru_match_torch_modules():
+    import torch
+
+    from gradlab.models import GRU, LSTM
+
+    torch.manual_seed(7)
+    x = torch.randn(2, 5, 3)
+    for cls, core in ((LSTM, torch.nn.LSTM), (GRU, torch.nn.GRU)):
+        model = cls(3, 4, 1)
+        assert isinstance(model.rnn, core) and model.rnn.batch_first
+        out, _ = model.rnn(x)
+        torch.testing.assert_close(model(x), model.readout(out[:, -1]))
+
+
+def test_recurrent_bad_arguments():
+    import pytest
+    import torch
+
+    from gradlab.models import GRU, LSTM, VanillaRNN
+
+    cases = [
+        (lambda: VanillaRNN(0, 4), ValueError, "in_features"),
+        (lambda: VanillaRNN(2, 0), ValueError, "hidden_size"),
+        (lambda: VanillaRNN(2, 4, 0), ValueError, "out_features"),
+        (lambda: VanillaRNN(2.0, 4), TypeError, "in_features"),
+        (lambda: VanillaRNN(2, 4, activation="sigmoid"), ValueError, "activation"),
+        (lambda: VanillaRNN(2, 4, init="he"), ValueError, "init"),
+        (lambda: VanillaRNN(2, 4, gain=-1.0), ValueError, "gain"),
+        (lambda: VanillaRNN(2, 4, spectral_radius=0.0), ValueError, "spectral_radius"),
+        (lambda: VanillaRNN(2, 4, spectral_radius="1"), TypeError, "spectral_radius"),
+        (lambda: VanillaRNN(2, 4, gain=0.0, spectral_radius=1.0), ValueError, "spectral_radius"),
+        (lambda: VanillaRNN(2, 4, bias=1), TypeError, "bias"),
+        (lambda: LSTM(2, 4, num_layers=0), ValueError, "num_layers"),
+        (lambda: GRU(2, -1), ValueError, "hidden_size"),
+    ]
+    for make, error, name in cases:
+        with pytest.raises(error, match=name):
+            make()
+    model = VanillaRNN(2, 4)
+    for bad, error in (
+        (torch.zeros(3, 5), ValueError),
+        (torch.zeros(3, 5, 3), ValueError),
+        (torch.zeros(3, 0, 2), ValueError),
+        ([[0.0, 1.0]], TypeError),
+    ):
+        with pytest.raises(error, match="x"):
+            model(bad)
+        with pytest.raises(error, match="x"):
+            LSTM(2, 4)(bad)
+    with pytest.raises(ValueError, match="h0"):
+        model(torch.zeros(3, 5, 2), h0=torch.zeros(4))

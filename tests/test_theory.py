@@ -340,3 +340,209 @@ def test_chapter_1_2_functions_reject_bad_inputs():
     for error, name, call in cases:
         with pytest.raises(error, match=name):
             call()
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 4: recurrent networks (BPTT Jacobians, the Pascanu bound, the single-unit cliff)
+# Imports are inside the tests: other sections of this file are written concurrently.
+# ---------------------------------------------------------------------------------------------
+
+
+def _recurrence(activation, n=5, steps=12, scale=1.0, seed=0):
+    """A random recurrence in float64, differentiable through every state: returns W, the
+    preactivations a_1..a_T (rows) and the list of states h_0..h_T."""
+    import torch
+
+    from gradlab.theory import _apply
+
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, n, generator=g, dtype=torch.float64) * scale / n**0.5
+    drives = 0.5 * torch.randn(steps, n, generator=g, dtype=torch.float64)
+    hs = [torch.randn(n, generator=g, dtype=torch.float64).requires_grad_(True)]
+    preacts = []
+    for c in drives:
+        a = W @ hs[-1] + c
+        preacts.append(a)
+        hs.append(_apply(activation, a))
+    return W, torch.stack(preacts).detach(), hs
+
+
+def _autograd_jacobians(hs):
+    """d h_T / d h_t for every t = 0..T-1, by one batched backward pass per output unit."""
+    import torch
+
+    n = hs[-1].shape[0]
+    rows = [torch.autograd.grad(hs[-1][i], hs[:-1], retain_graph=True) for i in range(n)]
+    return [torch.stack([r[t] for r in rows]) for t in range(len(hs) - 1)]
+
+
+def test_bptt_jacobian_matches_autograd():
+    import torch
+
+    from gradlab.theory import bptt_jacobian
+
+    for activation in ("linear", "tanh", "relu", "sigmoid"):
+        for seed in range(3):
+            W, preacts, hs = _recurrence(activation, seed=seed, scale=1.5)
+            measured = _autograd_jacobians(hs)
+            T = preacts.shape[0]
+            for t in range(T):
+                torch.testing.assert_close(
+                    bptt_jacobian(W, preacts, activation, t), measured[t], rtol=1e-10, atol=1e-12
+                )
+            torch.testing.assert_close(bptt_jacobian(W, preacts, activation, T),
+                                       torch.eye(W.shape[0], dtype=torch.float64))
+
+
+def test_bptt_jacobian_norms_match_autograd():
+    import torch
+
+    from gradlab.theory import bptt_jacobian_norms
+
+    for activation in ("linear", "tanh"):
+        W, preacts, hs = _recurrence(activation, n=6, steps=30, scale=1.2, seed=1)
+        measured = _autograd_jacobians(hs)
+        norms = bptt_jacobian_norms(W, preacts, activation)
+        assert norms.shape == (31,) and norms[0] == 1.0
+        expected = torch.stack([torch.linalg.matrix_norm(j, ord=2) for j in measured[::-1]])
+        torch.testing.assert_close(norms[1:], expected, rtol=1e-9, atol=1e-14)
+
+
+def test_bptt_jacobian_norms_linear_are_matrix_powers():
+    import torch
+
+    from gradlab.theory import bptt_jacobian_norms, matrix_power_norms
+
+    W, preacts, _ = _recurrence("linear", n=7, steps=25, scale=1.1, seed=2)
+    torch.testing.assert_close(bptt_jacobian_norms(W, preacts, "linear"), matrix_power_norms(W, 25))
+
+
+def test_linear_growth_rate_is_spectral_radius():
+    # Gelfand: ||W^k||^(1/k) -> rho(W). The ratio over lags 100..200 is within 1% of rho for a
+    # 32 x 32 Gaussian W (the next eigenvalue modulus is well below rho at this size).
+    import torch
+
+    from gradlab.models import VanillaRNN
+    from gradlab.theory import bptt_jacobian_norms, spectral_radius
+
+    torch.manual_seed(0)
+    for rho in (0.8, 1.0, 1.2):
+        model = VanillaRNN(1, 32, activation="linear", spectral_radius=rho)
+        W = model.W.detach().double()
+        norms = bptt_jacobian_norms(W, torch.zeros(200, 32), "linear")
+        rate = float(norms[200] / norms[100]) ** (1 / 100)
+        assert abs(rate - spectral_radius(W)) < 0.01 * rho
+
+
+def test_pascanu_bound_holds_and_is_tight_for_orthogonal_linear():
+    import torch
+
+    from gradlab.theory import bptt_jacobian_norms, max_slope, pascanu_bound, spectral_norm
+
+    for activation in ("linear", "tanh", "relu", "sigmoid"):
+        for seed in range(4):
+            W, preacts, _ = _recurrence(activation, n=6, steps=40, scale=0.5 + seed, seed=seed)
+            norms = bptt_jacobian_norms(W, preacts, activation)
+            for lag in range(41):
+                assert norms[lag] <= pascanu_bound(W, activation, lag) * (1 + 1e-9)
+            gamma_lambda = max_slope(activation) * spectral_norm(W)
+            assert pascanu_bound(W, activation, 7) == gamma_lambda**7
+    # A scaled orthogonal W with linear activation meets the bound with equality.
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    norms = bptt_jacobian_norms(1.1 * q, torch.zeros(20, 8), "linear")
+    bound = torch.tensor([pascanu_bound(1.1 * q, "linear", k) for k in range(21)], dtype=torch.float64)
+    torch.testing.assert_close(norms, bound, rtol=1e-10, atol=0)
+
+
+def test_vanishing_when_gamma_lambda_below_one():
+    # The sufficient condition: lambda_1 < 1/gamma forces geometric decay at least that fast.
+    import torch
+
+    from gradlab.theory import bptt_jacobian_norms, max_slope, spectral_norm
+
+    W, preacts, _ = _recurrence("sigmoid", n=6, steps=60, scale=2.0, seed=3)
+    gl1 = max_slope("sigmoid") * spectral_norm(W)
+    assert spectral_norm(W) > 1 and gl1 < 1  # sigmoid: gamma = 1/4 allows lambda_1 up to 4
+    norms = bptt_jacobian_norms(W, preacts, "sigmoid")
+    assert norms[60] <= gl1**60
+    assert norms[60] < 1e-6
+    assert torch.all(norms[1:] <= norms[:-1] * (1 + 1e-12))  # each factor has norm < 1
+
+
+def test_recurrence_theory_bad_arguments():
+    import pytest
+    import torch
+
+    from gradlab.theory import bptt_jacobian, bptt_jacobian_norms, pascanu_bound
+
+    W = torch.eye(3)
+    with pytest.raises(ValueError, match="W"):
+        bptt_jacobian_norms(torch.ones(3, 4), torch.zeros(5, 3), "tanh")
+    with pytest.raises(ValueError, match="preacts"):
+        bptt_jacobian_norms(W, torch.zeros(5, 4), "tanh")
+    with pytest.raises(ValueError, match="preacts"):
+        bptt_jacobian(W, torch.zeros(5), "tanh")
+    with pytest.raises(TypeError, match="W"):
+        bptt_jacobian([[1.0]], torch.zeros(5, 1), "tanh")
+    with pytest.raises(ValueError, match="activation"):
+        bptt_jacobian_norms(W, torch.zeros(5, 3), "gelu")
+    with pytest.raises(ValueError, match="t"):
+        bptt_jacobian(W, torch.zeros(5, 3), "tanh", t=6)
+    with pytest.raises(TypeError, match="t"):
+        bptt_jacobian(W, torch.zeros(5, 3), "tanh", t=1.0)
+    with pytest.raises(ValueError, match="lag"):
+        pascanu_bound(W, "tanh", -1)
+    with pytest.raises(ValueError, match="W"):
+        pascanu_bound(torch.ones(2, 3), "tanh", 2)
+
+
+def _single_unit(w, b, h0, steps):
+    import torch
+
+    h = torch.as_tensor(h0, dtype=torch.float64)
+    for _ in range(steps):
+        h = torch.tanh(w * h + b)
+    return h
+
+
+def test_cliff_bias_is_an_unstable_fixed_point():
+    # On the wall h_t stays at h0; 1e-3 to either side it leaves for the two stable fixed points.
+    # Tolerance: rounding (1e-16) grows like s^T = 1.5^50 ~ 6e8 over the run.
+    from gradlab.theory import cliff_bias
+
+    h0, T = 0.5, 50
+    for w in (1.5, 2.0):  # s = w (1 - h0^2) <= 1.5; at w = 3 rounding would grow to O(1)
+        b = cliff_bias(w, h0)
+        assert abs(float(_single_unit(w, b, h0, T)) - h0) < 1e-6
+        assert float(_single_unit(w, b + 1e-3, h0, T)) > h0 + 0.1  # upper fixed point
+        assert float(_single_unit(w, b - 1e-3, h0, T)) < -0.5  # lower fixed point
+
+
+def test_cliff_gradient_norm_matches_autograd():
+    import math
+
+    import torch
+
+    from gradlab.theory import cliff_bias, cliff_gradient_norm
+
+    for w, h0, T in ((1.5, 0.5, 50), (2.0, 0.5, 50), (1.0, 0.3, 20), (4 / 3, 0.5, 30), (0.8, -0.2, 10)):
+        wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+        bt = torch.tensor(cliff_bias(w, h0), dtype=torch.float64, requires_grad=True)
+        gw, gb = torch.autograd.grad(_single_unit(wt, bt, h0, T), [wt, bt])
+        measured = math.hypot(float(gw), float(gb))
+        assert math.isclose(cliff_gradient_norm(w, h0, T), measured, rel_tol=1e-6)
+
+
+def test_cliff_bad_arguments():
+    import pytest
+
+    from gradlab.theory import cliff_bias, cliff_gradient_norm
+
+    with pytest.raises(ValueError, match="h0"):
+        cliff_bias(2.0, 1.0)
+    with pytest.raises(TypeError, match="w"):
+        cliff_bias("2", 0.5)
+    with pytest.raises(ValueError, match="steps"):
+        cliff_gradient_norm(2.0, 0.5, -1)
+    with pytest.raises(ValueError, match="h0"):
+        cliff_gradient_norm(2.0, -1.5, 10)

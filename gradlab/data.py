@@ -1,0 +1,97 @@
+"""Synthetic sequence tasks with long time lags, generated on the fly.
+
+Each generator draws from its own ``torch.Generator`` seeded with ``seed``, so the same
+arguments always give the same tensors and the global random state is left untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._validate import check_int
+
+TEMPORAL_ORDER_SYMBOLS: tuple[str, ...] = ("a", "b", "c", "d", "X", "Y", "E", "B")
+"""Symbols of :func:`temporal_order`, in the order of the one-hot channels."""
+
+TEMPORAL_ORDER_CLASSES: tuple[str, ...] = ("XX", "XY", "YX", "YY")
+"""Class names of :func:`temporal_order`: the two relevant symbols in the order they appear."""
+
+TEMPORAL_ORDER_MIN_LEN = 10
+
+
+def adding_problem(n: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adding problem: sum the two marked numbers.
+
+    This is the simplified form common in later work of experiment 4 of Hochreiter &
+    Schmidhuber (1997), whose values lie in ``[-1, 1]`` and whose markers sit in fixed windows.
+
+    Every sequence has ``seq_len`` steps of two channels. Channel 0 holds numbers drawn
+    uniformly from ``[0, 1)``. Channel 1 is a marker that is 1 at exactly two steps, ``i`` drawn
+    uniformly from the first half ``{0, ..., seq_len // 2 - 1}`` and ``j`` from the second half
+    ``{seq_len // 2, ..., seq_len - 1}``, and 0 elsewhere. The target is
+    ``y = x[i, 0] + x[j, 0] = sum_t x[t, 0] * x[t, 1]``.
+
+    A model that ignores the inputs and predicts the mean ``y = 1`` has mean squared error
+    ``Var(y) = 2 / 12 = 1/6``; beating it means carrying a number across about ``seq_len / 2``
+    steps.
+
+    Returns:
+        ``(x, y)``: float32 tensors of shapes ``(n, seq_len, 2)`` and ``(n,)``.
+    """
+    n = check_int("n", n, minimum=1)
+    seq_len = check_int("seq_len", seq_len, minimum=2)
+    seed = check_int("seed", seed, minimum=0)
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(n, seq_len, generator=g)
+    half = seq_len // 2
+    rows = torch.arange(n)
+    first = torch.randint(0, half, (n,), generator=g)
+    second = torch.randint(half, seq_len, (n,), generator=g)
+    marker = torch.zeros(n, seq_len)
+    marker[rows, first] = 1.0
+    marker[rows, second] = 1.0
+    x = torch.stack([values, marker], dim=-1)
+    y = (values * marker).sum(dim=1)
+    return x, y
+
+
+def temporal_order(n: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The temporal-order task (Hochreiter & Schmidhuber 1997, experiment 6a), at fixed length.
+
+    The rules, with 0-based positions and ``T = seq_len`` (at least 10):
+
+    - step ``0`` holds the start symbol ``E`` and step ``T - 1`` the trigger symbol ``B``;
+    - two relevant steps ``t1`` and ``t2`` are drawn uniformly from the windows
+      ``{T // 10, ..., 2 * T // 10}`` and ``{5 * T // 10, ..., 6 * T // 10}`` (10..20 and
+      50..60 for ``T = 100``, as in the original, whose lengths vary from 100 to 110);
+    - each of them holds ``X`` or ``Y``; the label says which, in order:
+      ``XX -> 0``, ``XY -> 1``, ``YX -> 2``, ``YY -> 3`` (the original's classes Q, R, S, U).
+      Labels are drawn uniformly, so the classes are balanced in expectation;
+    - every other step holds a distractor drawn uniformly from ``a, b, c, d``.
+
+    Symbols are one-hot over :data:`TEMPORAL_ORDER_SYMBOLS` = ``(a, b, c, d, X, Y, E, B)``.
+
+    Returns:
+        ``(x, y)``: ``x`` float32 of shape ``(n, seq_len, 8)``, ``y`` int64 of shape ``(n,)``.
+    """
+    n = check_int("n", n, minimum=1)
+    seq_len = check_int("seq_len", seq_len, minimum=2)
+    if seq_len < TEMPORAL_ORDER_MIN_LEN:
+        raise ValueError(
+            f"seq_len must be >= {TEMPORAL_ORDER_MIN_LEN} for temporal_order (the two windows "
+            f"for the relevant symbols need room), got {seq_len}"
+        )
+    seed = check_int("seed", seed, minimum=0)
+    g = torch.Generator().manual_seed(seed)
+    index = {s: i for i, s in enumerate(TEMPORAL_ORDER_SYMBOLS)}
+    symbols = torch.randint(0, 4, (n, seq_len), generator=g)  # distractors a, b, c, d
+    symbols[:, 0] = index["E"]
+    symbols[:, -1] = index["B"]
+    rows = torch.arange(n)
+    t1 = torch.randint(seq_len // 10, 2 * seq_len // 10 + 1, (n,), generator=g)
+    t2 = torch.randint(5 * seq_len // 10, 6 * seq_len // 10 + 1, (n,), generator=g)
+    y = torch.randint(0, len(TEMPORAL_ORDER_CLASSES), (n,), generator=g)
+    symbols[rows, t1] = index["X"] + y // 2  # first relevant symbol: X for classes 0, 1
+    symbols[rows, t2] = index["X"] + y % 2  # second: X for classes 0, 2
+    x = torch.nn.functional.one_hot(symbols, len(TEMPORAL_ORDER_SYMBOLS)).to(torch.float32)
+    return x, y
