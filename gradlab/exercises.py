@@ -3,9 +3,11 @@ is wrong, comparing with a reference (autograd or a gradlab function)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -441,3 +443,124 @@ def _check_count(n_cases: object) -> int:
     from ._validate import check_int
 
     return check_int("n_cases", n_cases, minimum=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3: signal propagation at initialization
+# ---------------------------------------------------------------------------------------------
+
+
+def _np_erf(x: np.ndarray) -> np.ndarray:
+    return torch.erf(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+
+def _np_logistic(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+# Activations the reader's chi_1 is tried on, as (phi, phi') NumPy pairs; several are not in
+# gradlab.theory, so a solution cannot just call gradlab.theory.chi1.
+CHI1_ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
+    "tanh": (np.tanh, lambda x: 1.0 - np.tanh(x) ** 2),
+    "erf": (_np_erf, lambda x: 2.0 / np.sqrt(np.pi) * np.exp(-(x**2))),
+    "sin": (np.sin, np.cos),
+    "softplus": (lambda x: np.logaddexp(0.0, x), _np_logistic),
+    "swish": (
+        lambda x: x * _np_logistic(x),
+        lambda x: _np_logistic(x) + x * _np_logistic(x) * (1.0 - _np_logistic(x)),
+    ),
+    "relu": (lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(float)),
+}
+
+
+def _chi1_cases(n_cases: int, seed: int):
+    """Random (name, phi, dphi, sigma_w, sigma_b) with a fixed point that iteration from q = 1
+    reaches quickly (contraction <= 0.8), so a plain loop of a few hundred steps converges."""
+    from .theory import _q_star_callable, gaussian_expectation
+
+    g = torch.Generator().manual_seed(seed)
+    names = list(CHI1_ACTIVATIONS)
+    made = 0
+    while made < n_cases:
+        name = names[made % len(names)]
+        phi, dphi = CHI1_ACTIVATIONS[name]
+        sigma_w, sigma_b = (float(v) for v in torch.rand(2, generator=g, dtype=torch.float64))
+        sigma_w, sigma_b = 0.5 + 2.0 * sigma_w, 0.05 + 0.95 * sigma_b
+        try:
+            q = _q_star_callable(phi, sigma_w, sigma_b, 1.0, name)
+        except ValueError:
+            continue
+        h = 1e-4 * q
+        slope = sigma_w**2 * (
+            gaussian_expectation(lambda x, f=phi: f(x) ** 2, q + h)
+            - gaussian_expectation(lambda x, f=phi: f(x) ** 2, q - h)
+        ) / (2.0 * h)
+        if q > 50.0 or slope > 0.8:
+            continue
+        made += 1
+        yield name, phi, dphi, sigma_w, sigma_b, q
+
+
+def _chi1_hint(got: float, phi, dphi, sigma_w: float, sigma_b: float, q: float) -> str:
+    """Name the usual mistake when the reader's value matches it."""
+    from .theory import _q_star_callable, gaussian_expectation
+
+    def e(f, at):
+        return gaussian_expectation(f, at)
+
+    def close(a: float) -> bool:
+        return math.isclose(got, a, rel_tol=1e-4, abs_tol=1e-10)
+
+    chi = sigma_w**2 * e(lambda x: dphi(x) ** 2, q)
+    if close(sigma_w**2 * e(lambda x: dphi(x) ** 2, 1.0)):
+        return "It matches chi_1 at q = 1: iterate the length map to its fixed point q* first."
+    if close(e(lambda x: dphi(x) ** 2, q)):
+        return "It is E[phi'(sqrt(q*) z)²] without the factor sigma_w²."
+    if close(sigma_w**2 * e(dphi, q)):
+        return "It uses E[phi'] where chi_1 needs E[phi'²]."
+    if close(math.sqrt(chi)):
+        return "It is sqrt(chi_1), the factor on the gradient's norm; chi_1 is the squared one."
+    try:
+        q_nobias = _q_star_callable(phi, sigma_w, 0.0, 1.0, "")
+        if close(sigma_w**2 * e(lambda x: dphi(x) ** 2, q_nobias)):
+            return "Its fixed point leaves out sigma_b² in the length map."
+    except ValueError:
+        pass
+    return f"The fixed point here is q* = {q:.6g}; compare yours."
+
+
+def check_chi1(fn: Callable, n_cases: int = 18, seed: int = 0) -> CheckResult:
+    """Check ``fn(phi, dphi, sigma_w, sigma_b)`` returns ``chi_1 = sigma_w² E[phi'(sqrt(q*) z)²]``.
+
+    ``phi`` and ``phi'`` are elementwise NumPy functions, ``q*`` the fixed point of the length
+    map ``q -> sigma_w² E[phi(sqrt(q) z)²] + sigma_b²`` reached from ``q = 1``. The cases cycle
+    through tanh, erf, sin, softplus, swish and relu with random ``sigma_w`` in [0.5, 2.5] and
+    ``sigma_b`` in [0.05, 1]; the reference is :func:`gradlab.theory.gaussian_expectation`
+    quadrature (relative tolerance 1e-6). A wrong answer comes with the likely mistake.
+    """
+    from ._validate import check_int
+    from .theory import _chi1_callable
+
+    if not callable(fn):
+        raise TypeError(f"the function to check must be callable, got {type(fn).__name__}")
+    n_cases = check_int("n_cases", n_cases, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    for n, (name, phi, dphi, sigma_w, sigma_b, q) in enumerate(_chi1_cases(n_cases, seed), start=1):
+        case = f"case {n} ({name}, sigma_w={sigma_w:.4f}, sigma_b={sigma_b:.4f})"
+        expected = _chi1_callable(phi, dphi, sigma_w, sigma_b)
+        try:
+            got = fn(phi, dphi, sigma_w, sigma_b)
+        except Exception as err:  # the reader's bug, reported rather than raised
+            return CheckResult(False, n, f"chi1: {case} raised {type(err).__name__}: {err}")
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            return CheckResult(
+                False, n, f"chi1: {case} returned {type(got).__name__}, expected a number"
+            )
+        if not math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-12):
+            hint = _chi1_hint(got, phi, dphi, sigma_w, sigma_b, q)
+            return CheckResult(
+                False, n, f"chi1: {case} returned {got:.8g}, expected {expected:.8g}. {hint}"
+            )
+    return CheckResult(True, n_cases, f"chi1: all {n_cases} random cases match.")

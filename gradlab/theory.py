@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from ._validate import check_choice, check_int, check_real, check_tensor
@@ -291,3 +292,307 @@ def cliff_gradient_norm(w: float, h0: float, steps: int) -> float:
     s = w * c
     geometric = float(steps) if s == 1.0 else (s**steps - 1.0) / (s - 1.0)
     return math.sqrt(1.0 + h0 * h0) * c * geometric
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3: signal propagation at initialization
+# ---------------------------------------------------------------------------------------------
+# A wide MLP with weights N(0, sigma_w² / fan_in) and biases N(0, sigma_b²) is described, layer
+# by layer, by one number: the second moment q_l of a pre-activation (Poole et al. 2016). The
+# Gaussian expectations below are computed by Gauss-Legendre quadrature, not sampled, so the
+# theory lines in the book carry no Monte Carlo noise.
+
+SIGNAL_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "gelu")
+
+# Composite Gauss-Legendre rule for E[f(z)], z ~ N(0, 1): 24 nodes on each of six panels per half
+# line. The split at 0 puts ReLU's kink on a panel edge, where it costs no accuracy; the narrow
+# panels near 0 resolve phi'(sqrt(q) z)², which for tanh is a spike of width 1/sqrt(q). Beyond
+# |z| = 12 the normal density is below 1e-31. Accurate to ~1e-14 for the activations here,
+# q up to 1e4 (tests/test_theory.py).
+_QUAD_PANELS = (0.0, 0.05, 0.25, 1.0, 3.0, 6.0, 12.0)
+_QUAD_NODES_PER_PANEL = 24
+
+
+def _gauss_normal_rule(panels: tuple[float, ...], nodes_per_panel: int) -> tuple[np.ndarray, np.ndarray]:
+    t, w = np.polynomial.legendre.leggauss(nodes_per_panel)
+    edges = np.asarray(panels)
+    half = (edges[1:] - edges[:-1])[:, None] / 2.0
+    z = (edges[:-1, None] + half * (t + 1.0)).ravel()  # [-1, 1] -> each panel
+    w = (half * w).ravel()
+    z = np.concatenate([-z[::-1], z])
+    w = np.concatenate([w[::-1], w]) * np.exp(-0.5 * z**2) / _SQRT_2PI
+    return z, w / w.sum()  # E[1] = 1 to rounding, so that q* = 0 comes out as exactly 0
+
+
+_QUAD_Z, _QUAD_W = _gauss_normal_rule(_QUAD_PANELS, _QUAD_NODES_PER_PANEL)
+
+
+def _np_sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|, unlike 1 / (1 + e^-x)
+
+
+def _np_normal_cdf(x: np.ndarray) -> np.ndarray:
+    # NumPy has no erf; torch's ndtr in float64 is exact to rounding.
+    return torch.special.ndtr(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+
+def _np_gelu_derivative(x: np.ndarray) -> np.ndarray:
+    return _np_normal_cdf(x) + x * np.exp(-0.5 * x**2) / _SQRT_2PI
+
+
+# (phi, phi') as NumPy functions, matching PyTorch's nn.Identity, ReLU, Tanh, Sigmoid, GELU.
+_NP_ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    "linear": (lambda x: x, np.ones_like),
+    "relu": (lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(float)),
+    "tanh": (np.tanh, lambda x: 1.0 - np.tanh(x) ** 2),
+    "sigmoid": (_np_sigmoid, lambda x: _np_sigmoid(x) * (1.0 - _np_sigmoid(x))),
+    "gelu": (lambda x: x * _np_normal_cdf(x), _np_gelu_derivative),
+}
+# For the positively homogeneous activations E[phi(sqrt(q) z)²] = c q and E[phi'(sqrt(q) z)²]
+# = c for every q > 0, so the length map is linear and everything has a closed form.
+_HOMOGENEOUS = {"linear": 1.0, "relu": 0.5}
+
+
+def gaussian_expectation(fn: Callable[[np.ndarray], np.ndarray], q: float) -> float:
+    """``E[fn(sqrt(q) z)]`` for ``z ~ N(0, 1)``, by Gauss-Legendre quadrature.
+
+    ``fn`` must accept and return NumPy arrays (elementwise). The rule is composite
+    Gauss-Legendre on ``[-12, 12]``, split at 0 so that a kink there (ReLU) costs no accuracy:
+    exact to rounding for polynomials of moderate degree, and to about 1e-14 relative for the
+    activations of this module and their derivatives.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    q = check_real("q", q, minimum=0.0)
+    return float(np.dot(fn(math.sqrt(q) * _QUAD_Z), _QUAD_W))
+
+
+def _check_signal_args(activation: str, sigma_w: float, sigma_b: float) -> tuple[str, float, float]:
+    activation = check_choice("activation", activation, SIGNAL_ACTIVATIONS)
+    sigma_w = check_real("sigma_w", sigma_w, minimum=0.0)
+    sigma_b = check_real("sigma_b", sigma_b, minimum=0.0)
+    return activation, sigma_w, sigma_b
+
+
+def length_map(activation: str, q: float, sigma_w: float, sigma_b: float) -> float:
+    """The variance map ``q_{l+1} = sigma_w² E[phi(sqrt(q_l) z)²] + sigma_b²``, ``z ~ N(0, 1)``.
+
+    ``q_l`` is the second moment of a pre-activation ``z^l_i = (W^l h^{l-1} + b^l)_i`` of a wide
+    network with weights N(0, sigma_w² / fan_in) and biases N(0, sigma_b²) (Poole et al. 2016).
+    """
+    activation, sigma_w, sigma_b = _check_signal_args(activation, sigma_w, sigma_b)
+    q = check_real("q", q, minimum=0.0)
+    phi = _NP_ACTIVATIONS[activation][0]
+    return sigma_w**2 * gaussian_expectation(lambda x: phi(x) ** 2, q) + sigma_b**2
+
+
+def _bracket_root(g: Callable[[float], float], a: float, ga: float, b: float, gb: float) -> float:
+    """A root of ``g`` between ``a`` and ``b``, where ``g`` changes sign (Illinois method).
+
+    Regula falsi, with the stale end's value halved whenever the same end is kept twice, so
+    both ends converge; about ten evaluations reach full double precision.
+    """
+    kept = 0
+    c = 0.5 * (a + b)
+    for _ in range(200):
+        c = (a * gb - b * ga) / (gb - ga)
+        if not min(a, b) < c < max(a, b):
+            c = 0.5 * (a + b)
+        gc = g(c)
+        if gc == 0.0:
+            return c
+        if (gc > 0) == (gb > 0):
+            b, gb = c, gc
+            if kept == -1:
+                ga *= 0.5
+            kept = -1
+        else:
+            a, ga = c, gc
+            if kept == 1:
+                gb *= 0.5
+            kept = 1
+        if abs(b - a) <= 1e-14 * max(abs(a), abs(b)) or abs(b - a) < 1e-300:
+            break
+    return c
+
+
+def _fixed_point(length: Callable[[float], float], q0: float, what: str) -> float:
+    """The limit of ``q_{l+1} = length(q_l)`` from ``q0``, for an increasing ``length``.
+
+    Because the map is increasing the iterates are monotone: from ``q0`` with
+    ``length(q0) < q0`` they decrease to the largest fixed point below ``q0``, otherwise they
+    increase to the smallest one above it. Both are found by bracketing (halving or doubling
+    ``q``) and a root solve, which also works where plain iteration converges only like 1/l.
+    """
+    g0 = length(q0) - q0
+    if g0 == 0.0:
+        return q0
+    if g0 < 0.0:
+        hi, g_hi = q0, g0
+        for _ in range(100):
+            lo = 0.5 * hi
+            g_lo = length(lo) - lo
+            if g_lo >= 0.0:
+                return lo if g_lo == 0.0 else _bracket_root(lambda q: length(q) - q, lo, g_lo, hi, g_hi)
+            hi, g_hi = lo, g_lo
+        g_zero = length(0.0)
+        if g_zero == 0.0:  # q = 0 is a fixed point (no bias, phi(0) = 0): the signal dies out
+            return 0.0
+        return _bracket_root(lambda q: length(q) - q, 0.0, g_zero, hi, g_hi)
+    lo, g_lo = q0, g0
+    for _ in range(64):
+        hi = 2.0 * lo
+        g_hi = length(hi) - hi
+        if g_hi <= 0.0:
+            return hi if g_hi == 0.0 else _bracket_root(lambda q: length(q) - q, lo, g_lo, hi, g_hi)
+        lo, g_lo = hi, g_hi
+    raise ValueError(
+        f"no fixed point: for {what} the length map grows without bound from q0={q0} "
+        f"(q > {lo:.3g}), so the pre-activation variance diverges with depth"
+    )
+
+
+def _q_star_callable(phi: Callable[[np.ndarray], np.ndarray], sigma_w: float, sigma_b: float,
+                     q0: float, what: str) -> float:
+    def length(q: float) -> float:
+        return sigma_w**2 * float(np.dot(phi(math.sqrt(q) * _QUAD_Z) ** 2, _QUAD_W)) + sigma_b**2
+
+    return _fixed_point(length, q0, what)
+
+
+def _chi1_callable(phi: Callable[[np.ndarray], np.ndarray], dphi: Callable[[np.ndarray], np.ndarray],
+                   sigma_w: float, sigma_b: float, q0: float = 1.0, what: str = "this activation") -> float:
+    q = _q_star_callable(phi, sigma_w, sigma_b, q0, what)
+    return sigma_w**2 * float(np.dot(dphi(math.sqrt(q) * _QUAD_Z) ** 2, _QUAD_W))
+
+
+def q_star(activation: str, sigma_w: float, sigma_b: float, *, q0: float = 1.0) -> float:
+    """The fixed point ``q* = sigma_w² E[phi(sqrt(q*) z)²] + sigma_b²`` of :func:`length_map`.
+
+    It is the limit of the length map iterated from ``q0`` (the first layer's pre-activation
+    second moment), i.e. the variance a deep network settles to. For ``tanh`` and ``sigmoid``
+    it does not depend on ``q0``. For ``linear`` and ``relu`` (``c = 1`` and ``1/2``) the map
+    is ``q -> c sigma_w² q + sigma_b²``: ``q* = sigma_b² / (1 - c sigma_w²)`` below the critical
+    ``c sigma_w² = 1``, and on it, without bias, every ``q`` is fixed (``q* = q0``).
+
+    Raises:
+        ValueError: for an unknown activation, a negative ``sigma_w``/``sigma_b``/``q0``, or when
+            there is no fixed point because ``q`` grows without bound (e.g. ``relu`` with
+            ``sigma_w² >= 2`` and ``sigma_b > 0``).
+    """
+    activation, sigma_w, sigma_b = _check_signal_args(activation, sigma_w, sigma_b)
+    q0 = check_real("q0", q0, minimum=0.0, strict=True)
+    what = f"activation={activation!r}, sigma_w={sigma_w:g}, sigma_b={sigma_b:g}"
+    if activation in _HOMOGENEOUS:
+        slope = _HOMOGENEOUS[activation] * sigma_w**2
+        if abs(slope - 1.0) <= 1e-12 and sigma_b == 0.0:
+            return q0  # the critical line without bias: every q is a fixed point
+        if slope < 1.0 and abs(slope - 1.0) > 1e-12:
+            return sigma_b**2 / (1.0 - slope)
+        raise ValueError(
+            f"no fixed point: for {what} the length map q -> {slope:g} q + {sigma_b**2:g} grows "
+            f"without bound (needs {_HOMOGENEOUS[activation]:g} sigma_w² < 1, or = 1 with "
+            "sigma_b = 0), so the pre-activation variance diverges with depth"
+        )
+    return _q_star_callable(_NP_ACTIVATIONS[activation][0], sigma_w, sigma_b, q0, what)
+
+
+def chi1(activation: str, sigma_w: float, sigma_b: float, *, q0: float = 1.0) -> float:
+    """The backward factor ``chi_1 = sigma_w² E[phi'(sqrt(q*) z)²]`` at the fixed point ``q*``.
+
+    Each layer multiplies the expected squared norm of the backpropagated gradient by
+    ``chi_1`` (Schoenholz et al. 2017), so ``chi_1 > 1`` explodes and ``chi_1 < 1`` vanishes.
+    ``linear`` gives ``sigma_w²`` and ``relu`` gives ``sigma_w² / 2`` (for every ``q*``).
+    Raises ``ValueError`` like :func:`q_star`, including where no fixed point exists.
+    """
+    activation, sigma_w, sigma_b = _check_signal_args(activation, sigma_w, sigma_b)
+    q = q_star(activation, sigma_w, sigma_b, q0=q0)
+    if activation in _HOMOGENEOUS:
+        slope = _HOMOGENEOUS[activation] * sigma_w**2
+        return 1.0 if abs(slope - 1.0) <= 1e-12 else slope  # sqrt(2)**2 / 2 is 1 + 2e-16
+    dphi = _NP_ACTIVATIONS[activation][1]
+    return sigma_w**2 * gaussian_expectation(lambda x: dphi(x) ** 2, q)
+
+
+def depth_scale(activation: str, sigma_w: float, sigma_b: float, *, q0: float = 1.0) -> float:
+    """``xi = 1 / |log chi_1|``: the number of layers over which the squared gradient norm
+    changes by a factor ``e``.
+
+    Schoenholz et al. (2017) write ``xi_grad = -1 / log chi_1``, positive where gradients vanish
+    (``chi_1 < 1``); the sign only says the direction, so this returns its absolute value:
+    ``inf`` on the critical line ``chi_1 = 1``, ``0`` where ``chi_1 = 0`` (``sigma_w = 0``).
+    """
+    c = chi1(activation, sigma_w, sigma_b, q0=q0)
+    if c == 0.0:
+        return 0.0
+    return math.inf if c == 1.0 else 1.0 / abs(math.log(c))
+
+
+def _crossing(
+    excess: Callable[[float], float], lo: float, g_lo: float, hi: float, g_hi: float, what: str
+) -> float:
+    """Where ``excess`` crosses 0 between ``lo`` and ``hi``; a jump (the fixed point reached
+    from ``q0`` switching branch, as for GELU) is not a crossing and raises ``ValueError``."""
+    root = hi if g_hi == 0.0 else _bracket_root(excess, lo, g_lo, hi, g_hi)
+    try:
+        ok = abs(excess(root)) <= 1e-9
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"no critical sigma_w for {what}: chi_1 jumps past 1 near sigma_w={root:.6g} (the fixed "
+            "point reached from q0 changes branch) instead of crossing it"
+        )
+    return root
+
+
+def critical_sigma_w(activation: str, sigma_b: float = 0.0, *, q0: float = 1.0) -> float:
+    """The weight scale ``sigma_w`` with ``chi_1(sigma_w, sigma_b) = 1``: the critical line.
+
+    ``linear``: 1 and ``relu``: sqrt(2) (He et al. 2015), for every ``sigma_b``; with
+    ``sigma_b > 0`` their ``q*`` diverges as ``sigma_w`` approaches this value from below.
+    ``tanh``: 1 at ``sigma_b = 0`` (Glorot & Bengio 2010), larger with bias. Other activations
+    are solved numerically: the smallest ``sigma_w`` where ``chi_1`` reaches 1, scanning upwards.
+
+    Raises:
+        ValueError: for bad arguments, or if ``chi_1`` stays below 1 wherever a fixed point exists
+            (e.g. ``gelu`` without bias, whose ``q*`` is 0 or infinite).
+    """
+    activation = check_choice("activation", activation, SIGNAL_ACTIVATIONS)
+    sigma_b = check_real("sigma_b", sigma_b, minimum=0.0)
+    q0 = check_real("q0", q0, minimum=0.0, strict=True)
+    if activation in _HOMOGENEOUS:
+        return 1.0 / math.sqrt(_HOMOGENEOUS[activation])
+
+    what = f"activation={activation!r}, sigma_b={sigma_b:g}"
+
+    def excess(sigma_w: float) -> float:
+        return chi1(activation, sigma_w, sigma_b, q0=q0) - 1.0
+
+    # Scan sigma_w upwards in steps of 2^(1/8) from chi_1(0) = 0 until chi_1 reaches 1, then
+    # solve in the last step. Where q* stops existing, close in on that edge by bisection: a
+    # GELU network reaches chi_1 = 1 only just below it.
+    lo, g_lo = 0.0, -1.0
+    hi = 0.25
+    while hi <= 512.0:
+        try:
+            g_hi = excess(hi)
+        except ValueError:
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                try:
+                    g_mid = excess(mid)
+                except ValueError:
+                    hi = mid
+                    continue
+                if g_mid >= 0.0:
+                    return _crossing(excess, lo, g_lo, mid, g_mid, what)
+                lo, g_lo = mid, g_mid
+            break
+        if g_hi >= 0.0:
+            return _crossing(excess, lo, g_lo, hi, g_hi, what)
+        lo, g_lo, hi = hi, g_hi, hi * 2.0 ** 0.125
+    raise ValueError(
+        f"no critical sigma_w for {what}: chi_1 stays below 1 for every sigma_w up to {lo:.6g} "
+        "with a fixed point"
+    )

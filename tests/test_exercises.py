@@ -387,3 +387,85 @@ def test_check_bptt_jacobian_reference_is_autograd():
     for W, hs, t, expected in _bptt_cases(20, seed=1):
         preacts = torch.atanh(hs[1:])
         torch.testing.assert_close(bptt_jacobian(W, preacts, "tanh", t), expected, rtol=1e-8, atol=1e-10)
+
+
+# --- Chapter 3 "Signal propagation at initialization": check_chi1 -----------------------------
+
+
+def _ch3_reference_chi1(phi, dphi, sigma_w, sigma_b):
+    """A reader's solution: iterate the length map from q = 1, then average phi'² at q*."""
+    from gradlab.theory import gaussian_expectation
+
+    q = 1.0
+    for _ in range(5000):
+        q_next = sigma_w**2 * gaussian_expectation(lambda x: phi(x) ** 2, q) + sigma_b**2
+        if abs(q_next - q) <= 1e-14 * q_next:
+            break
+        q = q_next
+    return sigma_w**2 * gaussian_expectation(lambda x: dphi(x) ** 2, q_next)
+
+
+def test_check_chi1_accepts_a_correct_solution():
+    from gradlab.exercises import check_chi1
+
+    result = check_chi1(_ch3_reference_chi1)
+    assert result.passed and result.cases == 18 and "match" in str(result)
+    assert check_chi1(_ch3_reference_chi1, n_cases=7, seed=5).cases == 7
+
+
+def test_check_chi1_cases_agree_with_gradlab_theory():
+    import math
+
+    import numpy as np
+
+    from gradlab import theory
+    from gradlab.exercises import CHI1_ACTIVATIONS
+
+    # tanh and relu are in both tables: the checker's reference equals theory.chi1 there.
+    for name in ("tanh", "relu"):
+        phi, dphi = CHI1_ACTIVATIONS[name]
+        for sigma_w, sigma_b in ((0.9, 0.2), (1.3, 0.6)):
+            assert math.isclose(_ch3_reference_chi1(phi, dphi, sigma_w, sigma_b),
+                                theory.chi1(name, sigma_w, sigma_b), rel_tol=1e-9)
+    # derivatives in the table are the derivatives of the functions
+    x = np.linspace(-3, 3, 61)
+    for name, (phi, dphi) in CHI1_ACTIVATIONS.items():
+        numeric = (phi(x + 1e-6) - phi(x - 1e-6)) / 2e-6
+        mask = np.abs(x) > 1e-3  # relu's kink
+        np.testing.assert_allclose(dphi(x)[mask], numeric[mask], rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+def test_check_chi1_names_the_mistake():
+    import pytest
+
+    from gradlab.exercises import check_chi1
+    from gradlab.theory import gaussian_expectation
+
+    def at_q1(phi, dphi, sigma_w, sigma_b):
+        return sigma_w**2 * gaussian_expectation(lambda x: dphi(x) ** 2, 1.0)
+
+    def no_gain(phi, dphi, sigma_w, sigma_b):
+        return _ch3_reference_chi1(phi, dphi, sigma_w, sigma_b) / sigma_w**2
+
+    def norm_factor(phi, dphi, sigma_w, sigma_b):
+        return _ch3_reference_chi1(phi, dphi, sigma_w, sigma_b) ** 0.5
+
+    def no_bias(phi, dphi, sigma_w, sigma_b):
+        return _ch3_reference_chi1(phi, dphi, sigma_w, 0.0)
+
+    def crashes(phi, dphi, sigma_w, sigma_b):
+        raise RuntimeError("boom")
+
+    def returns_text(phi, dphi, sigma_w, sigma_b):
+        return "one"
+
+    for fn, words in ((at_q1, "fixed point"), (no_gain, "without the factor sigma_w"),
+                      (norm_factor, "sqrt(chi_1)"), (no_bias, "sigma_b"), (crashes, "RuntimeError: boom"),
+                      (returns_text, "expected a number")):
+        result = check_chi1(fn)
+        assert not result.passed and result.cases == 1
+        assert words in result.message and "case 1 (tanh" in result.message
+    with pytest.raises(TypeError, match="callable"):
+        check_chi1(3)
+    with pytest.raises(ValueError, match="n_cases"):
+        check_chi1(_ch3_reference_chi1, n_cases=0)

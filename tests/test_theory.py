@@ -546,3 +546,285 @@ def test_cliff_bad_arguments():
         cliff_gradient_norm(2.0, 0.5, -1)
     with pytest.raises(ValueError, match="h0"):
         cliff_gradient_norm(2.0, -1.5, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3: signal propagation at initialization (length map, q*, chi_1, critical line)
+# Imports are inside the tests: other sections of this file are written concurrently.
+# ---------------------------------------------------------------------------------------------
+
+_CH3_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "gelu")
+
+
+def _ch3_trapezoid_expectation(fn, q, half_width=14.0, points=400_001):
+    """E[fn(sqrt(q) z)] by the trapezoid rule on a fine grid: an independent reference that
+    converges exponentially fast for smooth integrands."""
+    import numpy as np
+
+    z = np.linspace(-half_width, half_width, points)
+    density = np.exp(-0.5 * z**2)
+    return float(np.dot(fn(np.sqrt(q) * z), density) / density.sum())
+
+
+def test_ch3_quadrature_matches_closed_forms():
+    import math
+
+    import numpy as np
+
+    from gradlab.theory import gaussian_expectation
+
+    for q in (1e-4, 0.3, 1.0, 7.5, 1e3):
+        relu_sq = gaussian_expectation(lambda x: np.maximum(x, 0.0) ** 2, q)
+        assert math.isclose(relu_sq, q / 2, rel_tol=1e-8)  # E[relu(sqrt(q) z)²] = q/2
+        assert math.isclose(gaussian_expectation(lambda x: (x > 0).astype(float), q), 0.5, rel_tol=1e-8)
+        assert math.isclose(gaussian_expectation(lambda x: x**2, q), q, rel_tol=1e-8)  # linear
+        assert math.isclose(gaussian_expectation(lambda x: x**4, q), 3 * q * q, rel_tol=1e-8)
+        assert math.isclose(gaussian_expectation(np.ones_like, q), 1.0, rel_tol=1e-12)
+        # E[erf'(x)²] = (4/pi) / sqrt(1 + 4q): a spike of width 1/sqrt(q) at 0, like tanh'².
+        assert math.isclose(gaussian_expectation(lambda x: 4 / math.pi * np.exp(-2 * x**2), q),
+                            4 / math.pi / math.sqrt(1 + 4 * q), rel_tol=1e-8)
+    assert math.isclose(gaussian_expectation(np.cos, 0.0), 1.0, rel_tol=1e-14)
+    for q in (1e-4, 0.3, 1.0, 7.5):  # E[sin²] = (1 - e^{-2q})/2, E[cos²] = (1 + e^{-2q})/2
+        assert math.isclose(gaussian_expectation(lambda x: np.sin(x) ** 2, q),
+                            (1 - math.exp(-2 * q)) / 2, rel_tol=1e-8)
+        assert math.isclose(gaussian_expectation(lambda x: np.cos(x) ** 2, q),
+                            (1 + math.exp(-2 * q)) / 2, rel_tol=1e-8)
+
+
+def test_ch3_quadrature_matches_fine_trapezoid_for_tanh_sigmoid_gelu():
+    import math
+
+    from gradlab import theory
+
+    for name in ("tanh", "sigmoid", "gelu"):
+        phi, dphi = theory._NP_ACTIVATIONS[name]
+        for q in (0.01, 1.0, 30.0, 1e3):
+            for fn in (lambda x, f=phi: f(x) ** 2, lambda x, f=dphi: f(x) ** 2):
+                assert math.isclose(theory.gaussian_expectation(fn, q),
+                                    _ch3_trapezoid_expectation(fn, q), rel_tol=1e-8), (name, q)
+
+
+def test_ch3_numpy_activations_match_torch_and_autograd_derivatives():
+    import numpy as np
+    import torch
+
+    from gradlab import theory
+    from gradlab.models import ACTIVATIONS
+
+    x = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    for name in _CH3_ACTIVATIONS:
+        phi, dphi = theory._NP_ACTIVATIONS[name]
+        expected = ACTIVATIONS[name]()(x).numpy()
+        np.testing.assert_allclose(phi(x.numpy()), expected, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(dphi(x.numpy()), theory.activation_derivative(name, x).numpy(),
+                                   rtol=1e-12, atol=1e-14)
+
+
+def test_ch3_q_star_is_a_fixed_point_of_the_length_map():
+    import math
+
+    from gradlab import theory
+
+    for name in _CH3_ACTIVATIONS:
+        for sigma_w, sigma_b in ((0.5, 0.1), (0.9, 0.3), (1.3, 0.05), (1.2, 1.0), (1.0, 0.0)):
+            try:
+                q = theory.q_star(name, sigma_w, sigma_b)
+            except ValueError:
+                assert name == "linear" and sigma_w > 1  # the only diverging cases here
+                continue
+            assert q >= 0
+            assert math.isclose(theory.length_map(name, q, sigma_w, sigma_b), q,
+                                rel_tol=1e-10, abs_tol=1e-14), (name, sigma_w, sigma_b, q)
+
+
+def test_ch3_q_star_is_where_iteration_goes():
+    import math
+
+    from gradlab import theory
+
+    for name, sigma_w, sigma_b in (("tanh", 1.5, 0.3), ("tanh", 0.8, 0.2), ("sigmoid", 2.0, 0.0),
+                                   ("gelu", 1.2, 0.4), ("relu", 1.1, 0.5)):
+        for q0 in (0.05, 1.0, 6.0):
+            q = q0
+            for _ in range(3000):
+                q = theory.length_map(name, q, sigma_w, sigma_b)
+            assert math.isclose(theory.q_star(name, sigma_w, sigma_b, q0=q0), q, rel_tol=1e-9)
+
+
+def test_ch3_homogeneous_closed_forms():
+    import math
+
+    from gradlab import theory
+
+    # ReLU: q -> sigma_w² q / 2 + sigma_b², chi_1 = sigma_w² / 2; linear: chi_1 = sigma_w²
+    assert math.isclose(theory.q_star("relu", 1.2, 0.3), 0.09 / (1 - 0.72), rel_tol=1e-12)
+    assert math.isclose(theory.q_star("linear", 0.7, 0.5), 0.25 / (1 - 0.49), rel_tol=1e-12)
+    for sigma_w in (0.3, 1.0, 1.3):
+        assert math.isclose(theory.chi1("relu", sigma_w, 0.2), sigma_w**2 / 2, rel_tol=1e-12)
+    for sigma_w in (0.3, 0.9):
+        assert math.isclose(theory.chi1("linear", sigma_w, 0.2), sigma_w**2, rel_tol=1e-12)
+    # On the critical line without bias every q is fixed: He init keeps the input's scale.
+    assert theory.q_star("relu", math.sqrt(2), 0.0, q0=3.5) == 3.5
+    assert math.isclose(theory.chi1("relu", math.sqrt(2), 0.0), 1.0, rel_tol=1e-12)
+    assert theory.chi1("linear", 1.0, 0.0) == 1.0
+    # The quadrature agrees with the closed form that chi1 uses.
+    q = theory.q_star("relu", 1.2, 0.3)
+    relu_prime = theory._NP_ACTIVATIONS["relu"][1]
+    assert math.isclose(1.2**2 * theory.gaussian_expectation(lambda x: relu_prime(x) ** 2, q),
+                        theory.chi1("relu", 1.2, 0.3), rel_tol=1e-10)
+
+
+def test_ch3_critical_sigma_w():
+    import math
+
+    from gradlab import theory
+
+    assert math.isclose(theory.critical_sigma_w("relu"), math.sqrt(2), rel_tol=1e-14)  # He
+    assert theory.critical_sigma_w("linear") == 1.0
+    assert math.isclose(theory.critical_sigma_w("tanh", 0.0), 1.0, rel_tol=1e-8)  # Glorot
+    previous = 1.0
+    for sigma_b in (0.05, 0.3, 1.0, 2.0):
+        s = theory.critical_sigma_w("tanh", sigma_b)
+        assert s > previous  # bias pushes the critical line to larger sigma_w
+        assert math.isclose(theory.chi1("tanh", s, sigma_b), 1.0, rel_tol=1e-9)
+        previous = s
+    s = theory.critical_sigma_w("sigmoid", 0.0)
+    assert 4.0 < s and math.isclose(theory.chi1("sigmoid", s, 0.0), 1.0, rel_tol=1e-9)
+
+
+def test_ch3_tanh_phases_and_depth_scale():
+    import math
+
+    from gradlab import theory
+
+    # tanh without bias: q* = 0 and chi_1 = sigma_w² below sigma_w = 1.
+    assert theory.q_star("tanh", 0.8, 0.0) == 0.0
+    assert math.isclose(theory.chi1("tanh", 0.8, 0.0), 0.64, rel_tol=1e-12)
+    assert theory.chi1("tanh", 1.0, 0.3) < 1 < theory.chi1("tanh", 2.0, 0.3)
+    xi = theory.depth_scale("tanh", 1.0, 0.3)
+    assert math.isclose(xi, -1 / math.log(theory.chi1("tanh", 1.0, 0.3)), rel_tol=1e-12)
+    assert math.isclose(theory.depth_scale("tanh", 2.0, 0.3),
+                        1 / math.log(theory.chi1("tanh", 2.0, 0.3)), rel_tol=1e-12)
+    assert theory.depth_scale("relu", math.sqrt(2), 0.0) == math.inf
+    assert theory.depth_scale("tanh", 0.0, 0.5) == 0.0
+    # the depth scale diverges as the critical line is approached
+    s = theory.critical_sigma_w("tanh", 0.3)
+    assert theory.depth_scale("tanh", 0.99 * s, 0.3) > 10 * theory.depth_scale("tanh", 0.8 * s, 0.3)
+
+
+def test_ch3_bad_inputs_raise_and_name_the_problem():
+    import math
+
+    import pytest
+
+    from gradlab import theory
+
+    with pytest.raises(ValueError, match="activation"):
+        theory.q_star("softsign", 1.0, 0.0)
+    with pytest.raises(ValueError, match="activation"):
+        theory.chi1("elu", 1.0, 0.0)
+    with pytest.raises(ValueError, match="sigma_w"):
+        theory.chi1("tanh", -1.0, 0.0)
+    with pytest.raises(ValueError, match="sigma_b"):
+        theory.q_star("tanh", 1.0, -0.1)
+    with pytest.raises(ValueError, match="sigma_b"):
+        theory.critical_sigma_w("tanh", -0.1)
+    with pytest.raises(ValueError, match="sigma_w"):
+        theory.length_map("relu", 1.0, float("nan"), 0.0)
+    with pytest.raises(ValueError, match="q"):
+        theory.length_map("relu", -1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="q0"):
+        theory.q_star("tanh", 1.0, 0.0, q0=0.0)
+    with pytest.raises(TypeError, match="sigma_w"):
+        theory.q_star("tanh", "1", 0.0)
+    with pytest.raises(TypeError, match="fn"):
+        theory.gaussian_expectation(3.0, 1.0)
+    # No fixed point: the variance diverges with depth.
+    for name, sigma_w, sigma_b in (("relu", math.sqrt(2), 0.1), ("relu", 1.6, 0.0),
+                                   ("linear", 1.0, 0.5), ("linear", 1.2, 0.0), ("gelu", 2.5, 0.3)):
+        with pytest.raises(ValueError, match="no fixed point"):
+            theory.q_star(name, sigma_w, sigma_b)
+        with pytest.raises(ValueError, match="no fixed point"):
+            theory.chi1(name, sigma_w, sigma_b)
+    with pytest.raises(ValueError, match="no critical sigma_w"):
+        theory.critical_sigma_w("gelu", 0.0)
+
+
+def _ch3_measured_growth(activation, sigma_w, sigma_b, depth, width, batch, seeds):
+    """Mean over seeds of ||dL/dz^l||² / ||dL/dz^{L-1}||² for every linear layer l (forward
+    order), measured with GradientMonitor on an mlp fed inputs whose first pre-activations
+    already have second moment q*, with the backward signal v ~ N(0, I) at the read-out."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from gradlab import theory
+    from gradlab.models import mlp
+    from gradlab.monitor import GradientMonitor
+
+    q = theory.q_star(activation, sigma_w, sigma_b)
+    input_std = math.sqrt((q - sigma_b**2) / sigma_w**2)  # sigma_w² E[x²] + sigma_b² = q*
+    ratios = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 256-wide layers: threads cost more than they give on a busy CPU
+    try:
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            net = mlp(depth, width, activation=activation, init="gaussian", gain=sigma_w,
+                      bias_std=sigma_b)
+            x = input_std * torch.randn(batch, width)
+            v = torch.randn(batch, width)
+            with GradientMonitor(net) as monitor:
+                (net(x) * v).sum().backward()
+            g = monitor.output_grad_norms[0]
+            ratios.append((g / g[-1]) ** 2)
+    finally:
+        torch.set_num_threads(threads)
+    return np.mean(ratios, axis=0)
+
+
+def test_ch3_chi1_predicts_measured_per_layer_gradient_growth():
+    """The per-layer factor of the squared gradient norm, fitted over 25 layers of width 256
+    (4 seeds), is within 3% of chi_1, in the ordered, critical and chaotic phases."""
+    import math
+
+    import numpy as np
+
+    from gradlab import theory
+
+    depth = 25
+    layers_below = np.arange(depth)[::-1]  # layer l is depth-1-l layers below the read-out
+    cases = (("tanh", 1.0, 0.3), ("tanh", 2.5, 0.3), ("relu", math.sqrt(2), 0.0),
+             ("relu", 1.2, 0.1))
+    for activation, sigma_w, sigma_b in cases:
+        ratio = _ch3_measured_growth(activation, sigma_w, sigma_b, depth, 256, 64, 4)
+        fitted = math.exp(np.polyfit(layers_below, np.log(ratio), 1)[0])
+        predicted = theory.chi1(activation, sigma_w, sigma_b)
+        assert abs(fitted / predicted - 1) < 0.03, (activation, sigma_w, sigma_b, fitted, predicted)
+
+
+def test_ch3_length_map_predicts_measured_forward_variance():
+    """Pre-activation second moments of a wide tanh net follow the iterated length map from
+    q_0 and settle at q* (within 5% per layer, width 512; one seed deviates by 2.5% at most).
+    A larger bias correlates the inputs, and the shared part of the signal fluctuates more."""
+    import numpy as np
+    import torch
+
+    from gradlab import theory
+    from gradlab.models import mlp
+    from gradlab.monitor import GradientMonitor
+
+    sigma_w, sigma_b, depth, width = 1.5, 0.1, 12, 512
+    for q0 in (0.25, 4.0):
+        torch.manual_seed(0)
+        net = mlp(depth, width, activation="tanh", init="gaussian", gain=sigma_w, bias_std=sigma_b)
+        x = torch.randn(256, width) * np.sqrt((q0 - sigma_b**2) / sigma_w**2)
+        with GradientMonitor(net) as monitor:
+            net(x).sum().backward()
+        measured = monitor.activation_stds[0, :-1] ** 2
+        predicted = [q0]
+        for _ in range(depth - 2):
+            predicted.append(theory.length_map("tanh", predicted[-1], sigma_w, sigma_b))
+        np.testing.assert_allclose(measured, predicted, rtol=0.05)
+        assert abs(measured[-1] / theory.q_star("tanh", sigma_w, sigma_b) - 1) < 0.05
