@@ -152,7 +152,7 @@ def _unpack(batch) -> tuple:
 def _check_clip(clip):
     if clip is None or callable(clip):
         return clip
-    return check_real("clip", clip, minimum=0.0)
+    return check_real("clip", clip, minimum=0.0, allow_inf=True)  # inf: measure, never clip
 
 
 def _grad_norm(grads: list[torch.Tensor]) -> float:

@@ -84,6 +84,8 @@ def test_nan_in_data_stops_before_the_optimizer_step():
     # Without a monitor the layer is the first non-finite gradient in backward order: the read-out.
     assert hist.nonfinite_layer == "1.linear.bias"
     assert math.isnan(hist.loss[4]) and hist.skipped.tolist() == [False] * 4 + [True]
+    # The failing gradients are left in .grad for inspection.
+    assert any(p.grad is not None and not p.grad.isfinite().all() for p in model.parameters())
     # The weights are those of 4 clean steps: the NaN step was never applied.
     fit(reference, mse, (x, y), torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9), steps=4)
     assert _same(_state(model), _state(reference))
@@ -231,6 +233,15 @@ def test_norm_clipping_records_norms_before_and_after():
     assert np.all(hist.grad_norm > 1.0)
     np.testing.assert_allclose(hist.clipped_grad_norm, 1.0, rtol=1e-4)
     assert "clipped on 5 of 5 steps" in hist.summary()
+
+
+def test_infinite_clip_only_measures():
+    model, reference = _model(), _model()
+    x, y = _regression()
+    hist = fit(model, mse, (x, y), torch.optim.SGD(model.parameters(), lr=0.1), steps=3, clip=math.inf)
+    fit(reference, mse, (x, y), torch.optim.SGD(reference.parameters(), lr=0.1), steps=3)
+    np.testing.assert_allclose(hist.clipped_grad_norm, hist.grad_norm, rtol=1e-6)
+    assert _same(_state(model), _state(reference))
 
 
 def test_callable_clip_is_applied_to_the_parameters():
