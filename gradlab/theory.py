@@ -117,7 +117,10 @@ def spectral_bound(weights: Sequence[torch.Tensor], slope: float = 1.0) -> float
     """Upper bound ``prod_k ||W_k||_2 * slope`` on the gain of backprop through ``weights``.
 
     Since ``dL/dh_{l-1} = W_l^T diag(phi'(z_l)) dL/dh_l`` and ``|phi'| <= slope``, each layer
-    multiplies the gradient's norm by at most ``||W_l||_2 * slope``. An empty list gives 1.
+    multiplies the gradient's norm by at most ``||W_l||_2 * slope``. Every matrix is paired with
+    one activation derivative: for a network whose last layer is a linear read-out, bound the
+    read-out separately (``spectral_norm(W_L)``) or pair each ``W_k`` with the derivative of the
+    layer below it, as the chapter on Jacobians does. An empty list gives 1.
     """
     slope = check_real("slope", slope, minimum=0.0)
     bound = 1.0
