@@ -564,3 +564,203 @@ def check_chi1(fn: Callable, n_cases: int = 18, seed: int = 0) -> CheckResult:
                 False, n, f"chi1: {case} returned {got:.8g}, expected {expected:.8g}. {hint}"
             )
     return CheckResult(True, n_cases, f"chi1: all {n_cases} random cases match.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter "Optimizer choice": one Adam update from scratch
+# ---------------------------------------------------------------------------------------------
+
+
+def _adam_cases(n_cases: int, seed: int):
+    """Random shapes and hyper-parameters; gradients from 1e-10 (where ε matters) to 1e6."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n_cases):
+        ndim = int(torch.randint(1, 3, (1,), generator=g))
+        shape = tuple(torch.randint(1, 6, (ndim,), generator=g).tolist())
+        lr = float(10.0 ** torch.empty(1).uniform_(-4, -1, generator=g))
+        beta1 = float(torch.empty(1).uniform_(0.5, 0.95, generator=g))
+        beta2 = float(torch.empty(1).uniform_(0.9, 0.9999, generator=g))
+        eps = float(10.0 ** torch.empty(1).uniform_(-8, -2, generator=g))
+        steps = int(torch.randint(1, 7, (1,), generator=g))
+        # Every third case has gradients far below sqrt(eps), so eps decides the step.
+        low, high = (-10.0, -6.0) if i % 3 == 2 else (-3.0, 6.0)
+        scale = 10.0 ** torch.empty(steps, dtype=torch.float64).uniform_(low, high, generator=g)
+        grads = [torch.randn(shape, generator=g, dtype=torch.float64) * s for s in scale]
+        theta = torch.randn(shape, generator=g, dtype=torch.float64)
+        yield theta, grads, lr, beta1, beta2, eps
+
+
+def _adam_variants(theta, grad, m, v, t, lr, beta1, beta2, eps) -> dict[str, torch.Tensor]:
+    """The new ``theta`` under the usual slips, to name the one a wrong answer matches."""
+    m1 = beta1 * m + (1 - beta1) * grad
+    v1 = beta2 * v + (1 - beta2) * grad**2
+    mh, vh = m1 / (1 - beta1**t), v1 / (1 - beta2**t)
+    return {
+        "Adam without bias correction (divide m by 1 - beta1**t and v by 1 - beta2**t)":
+            theta - lr * m1 / (v1.sqrt() + eps),
+        "eps inside the square root (Adam divides by sqrt(v_hat) + eps)":
+            theta - lr * mh / (vh + eps).sqrt(),
+        "a step along +gradient (the update must be subtracted)": theta + lr * mh / (vh.sqrt() + eps),
+        "bias correction with t + 1 (t is already the number of this step, 1 at the first)":
+            theta - lr * (m1 / (1 - beta1 ** (t + 1))) / ((v1 / (1 - beta2 ** (t + 1))).sqrt() + eps),
+        "the raw gradient in place of m_hat (the numerator is the first moment)":
+            theta - lr * grad / (vh.sqrt() + eps),
+    }
+
+
+def check_adam_step(fn: Callable, n_cases: int = 30, seed: int = 0) -> CheckResult:
+    """Check ``fn(theta, grad, m, v, t, lr, beta1, beta2, eps) -> (theta, m, v)``, one Adam
+    update (Kingma & Ba 2015) with ``t`` the number of the step (1 at the first):
+
+        m ← β1 m + (1-β1) g,   v ← β2 v + (1-β2) g²,
+        θ ← θ - lr · (m / (1-β1^t)) / (sqrt(v / (1-β2^t)) + eps),
+
+    against ``torch.optim.Adam`` run on a copy of ``theta`` (float64), for random shapes,
+    hyper-parameters and sequences of 1 to 6 gradients from 1e-10 to 1e6. At every step the
+    reader's function gets torch's current state, so one slip is reported where it happens; the
+    message names the quantity that is wrong and, where it matches one, the usual slip."""
+    if not callable(fn):
+        raise TypeError(f"the function to check must be callable, got {type(fn).__name__}")
+    n = 0
+    for n, (theta0, grads, lr, beta1, beta2, eps) in enumerate(_adam_cases(n_cases, seed), start=1):
+        p = torch.nn.Parameter(theta0.clone())
+        opt = torch.optim.Adam([p], lr=lr, betas=(beta1, beta2), eps=eps)
+        m = torch.zeros_like(theta0)
+        v = torch.zeros_like(theta0)
+        where = (f"adam step: case {n} (shape {tuple(theta0.shape)}, lr={lr:.3g}, "
+                 f"betas=({beta1:.3f}, {beta2:.4f}), eps={eps:.2g})")
+        for t, grad in enumerate(grads, start=1):
+            theta = p.detach().clone()
+            args = (theta.clone(), grad.clone(), m.clone(), v.clone(), t, lr, beta1, beta2, eps)
+            try:
+                got = fn(*args)
+            except Exception as err:  # the reader's bug, reported rather than raised
+                return CheckResult(False, n, f"{where}, step t={t} raised {type(err).__name__}: {err}")
+            p.grad = grad.clone()
+            opt.step()
+            expected = (p.detach(), opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"])
+            if not (isinstance(got, tuple | list) and len(got) == 3):
+                return CheckResult(False, n, f"{where}: returned {type(got).__name__}; return the "
+                                   "three new tensors (theta, m, v)")
+            try:
+                got = [torch.as_tensor(x, dtype=torch.float64) for x in got]
+            except (TypeError, ValueError, RuntimeError):
+                return CheckResult(False, n, f"{where}: (theta, m, v) must be tensors")
+            for name, a, b in zip(("m", "v"), got[1:], expected[1:], strict=True):
+                if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-6, atol=0.0):
+                    hint = {"m": "m = beta1*m + (1-beta1)*grad, before any bias correction",
+                            "v": "v = beta2*v + (1-beta2)*grad**2, before any bias correction"}[name]
+                    return CheckResult(False, n, f"{where}, step t={t}: the returned {name} is "
+                                       f"wrong; it should be {hint}.\nexpected: {_short(b)}\n"
+                                       f"returned: {_short(a)}")
+            step_got, step_expected = got[0] - theta, expected[0] - theta
+            if got[0].shape != theta.shape or not torch.allclose(step_got, step_expected,
+                                                                 rtol=1e-6, atol=1e-14):
+                hint = ""
+                for slip, value in _adam_variants(*args).items():
+                    if torch.allclose(got[0] - theta, value - theta, rtol=1e-6, atol=1e-14):
+                        hint = f"\nIt matches {slip}."
+                        break
+                return CheckResult(False, n, f"{where}, step t={t}: theta moved by the wrong "
+                                   f"amount.\nexpected step: {_short(step_expected)}\nreturned step: "
+                                   f"{_short(step_got) if got[0].shape == theta.shape else got[0].shape}"
+                                   f"{hint}")
+            m, v = expected[1].clone(), expected[2].clone()
+    return CheckResult(True, n, f"adam step: all {n} random cases match torch.optim.Adam.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter "Gradient accumulation": the accumulated gradient of micro-batches
+# ---------------------------------------------------------------------------------------------
+
+
+def _accumulation_cases(n_cases: int, seed: int):
+    """Small float64 models, a mean-reduced loss, and k micro-batches of b examples each."""
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n_cases):
+        n_in, n_out = (int(x) for x in torch.randint(1, 5, (2,), generator=g))
+        k = int(torch.randint(2, 6, (1,), generator=g))
+        b = int(torch.randint(1, 5, (1,), generator=g))
+        hidden = int(torch.randint(2, 6, (1,), generator=g))
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+        model = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out)).double()
+        if i % 2 == 0:
+            loss_fn = nn.MSELoss()
+            batches = [(torch.randn(b, n_in, generator=g, dtype=torch.float64),
+                        torch.randn(b, n_out, generator=g, dtype=torch.float64)) for _ in range(k)]
+        else:
+            loss_fn = nn.CrossEntropyLoss()
+            classes = max(n_out, 2)
+            model[-1] = nn.Linear(hidden, classes).double()
+            batches = [(torch.randn(b, n_in, generator=g, dtype=torch.float64),
+                        torch.randint(0, classes, (b,), generator=g)) for _ in range(k)]
+        yield model, loss_fn, batches
+
+
+def _flat_grad(model) -> torch.Tensor | None:
+    grads = [p.grad for p in model.parameters()]
+    if any(gr is None for gr in grads):
+        return None
+    return torch.cat([gr.flatten() for gr in grads])
+
+
+def _batch_grad(model, loss_fn, batches) -> torch.Tensor:
+    """Gradient of the mean loss over the concatenation of ``batches`` (one backward)."""
+    model.zero_grad(set_to_none=True)
+    x = torch.cat([xb for xb, _ in batches])
+    y = torch.cat([yb for _, yb in batches])
+    loss_fn(model(x), y).backward()
+    return _flat_grad(model)
+
+
+def check_accumulated_gradient(fn: Callable, n_cases: int = 30, seed: int = 0) -> CheckResult:
+    """Check ``fn(model, loss_fn, micro_batches)``: called with no gradients in ``model``
+    (every ``.grad`` None), it must leave in the parameters' ``.grad`` the gradient of the mean
+    loss over all the micro-batches together, as one large batch would give, using one backward
+    pass per micro-batch. Random small models (MSE and cross-entropy, both averaging over the
+    batch), 2 to 5 micro-batches of equal size; compared with a single backward pass on the
+    concatenated batch. The message names the usual slips: no division by the number of
+    micro-batches, zeroing the gradients inside the loop, dividing twice."""
+    if not callable(fn):
+        raise TypeError(f"the function to check must be callable, got {type(fn).__name__}")
+    import copy
+
+    n = 0
+    for n, (model, loss_fn, batches) in enumerate(_accumulation_cases(n_cases, seed), start=1):
+        k, b = len(batches), len(batches[0][0])
+        reference = copy.deepcopy(model)
+        expected = _batch_grad(reference, loss_fn, batches)
+        last = _batch_grad(reference, loss_fn, batches[-1:])
+        where = (f"accumulated gradient: case {n} ({type(loss_fn).__name__}, k={k} micro-batches "
+                 f"of b={b})")
+        model.zero_grad(set_to_none=True)
+        try:
+            fn(model, loss_fn, [(x.clone(), y.clone()) for x, y in batches])
+        except Exception as err:  # the reader's bug, reported rather than raised
+            return CheckResult(False, n, f"{where} raised {type(err).__name__}: {err}")
+        got = _flat_grad(model)
+        if got is None:
+            return CheckResult(False, n, f"{where}: some parameters have no .grad afterwards; "
+                               "call .backward() on each micro-batch's loss and leave the "
+                               "result in .grad")
+        if torch.allclose(got, expected, rtol=1e-7, atol=1e-10):
+            continue
+        slips = {
+            f"{k} times the right gradient: divide each micro-batch's loss by k={k} before "
+            "backward (the loss already averages over its b examples)": k * expected,
+            f"1/{k} of the right gradient: the loss was divided by k twice, or by k*b": expected / k,
+            "the last micro-batch's gradient only: .grad was zeroed inside the loop (zero it once, "
+            "before the first micro-batch)": last,
+            "the last micro-batch's gradient divided by k: .grad was zeroed inside the loop": last / k,
+            f"1/b of the right gradient: the loss was divided by the number of examples b={b}, "
+            "but loss_fn already averages over them": expected / b,
+        }
+        hint = next((f"\nIt is {s}." for s, val in slips.items()
+                     if torch.allclose(got, val, rtol=1e-7, atol=1e-10)), "")
+        return CheckResult(False, n, f"{where}: the gradient is wrong (largest error "
+                           f"{(got - expected).abs().max().item():.3g}).\nexpected: "
+                           f"{_short(expected)}\nfound:    {_short(got)}{hint}")
+    return CheckResult(True, n, f"accumulated gradient: all {n} random cases match the "
+                       "full-batch gradient.")

@@ -389,6 +389,150 @@ def test_check_bptt_jacobian_reference_is_autograd():
         torch.testing.assert_close(bptt_jacobian(W, preacts, "tanh", t), expected, rtol=1e-8, atol=1e-10)
 
 
+# --- Chapter "Optimizer choice": check_adam_step ------------------------------------------------
+
+
+def _adam_step_by_hand(theta, grad, m, v, t, lr, beta1, beta2, eps):
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad**2
+    m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+    return theta - lr * m_hat / (v_hat.sqrt() + eps), m, v
+
+
+def _one_thread():
+    """Run tiny models on one thread: on a shared 2-core CPU two threads are ~10x slower."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def one_thread():
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    return one_thread()
+
+
+def test_check_adam_step_accepts_by_hand_and_torch():
+    import torch
+
+    from gradlab.exercises import check_adam_step
+
+    def with_torch(theta, grad, m, v, t, lr, beta1, beta2, eps):
+        p = torch.nn.Parameter(theta.clone())
+        opt = torch.optim.Adam([p], lr=lr, betas=(beta1, beta2), eps=eps)
+        opt.state[p] = {"step": torch.tensor(float(t - 1)), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+        p.grad = grad.clone()
+        opt.step()
+        return p.detach(), opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]
+
+    with _one_thread():
+        assert check_adam_step(_adam_step_by_hand)
+        result = check_adam_step(with_torch, n_cases=12, seed=5)
+    assert result.passed and result.cases == 12 and "torch.optim.Adam" in str(result)
+
+
+def test_check_adam_step_names_the_slip():
+    import pytest
+
+    from gradlab.exercises import check_adam_step
+
+    def no_bias_correction(theta, grad, m, v, t, lr, beta1, beta2, eps):
+        return _adam_step_by_hand(theta, grad, m, v, 10**9, lr, beta1, beta2, eps)
+
+    def eps_inside(theta, grad, m, v, t, lr, beta1, beta2, eps):
+        _, m, v = _adam_step_by_hand(theta, grad, m, v, t, lr, beta1, beta2, eps)
+        return theta - lr * (m / (1 - beta1**t)) / (v / (1 - beta2**t) + eps).sqrt(), m, v
+
+    def t_plus_one(theta, grad, m, v, t, lr, beta1, beta2, eps):
+        return _adam_step_by_hand(theta, grad, m, v, t + 1, lr, beta1, beta2, eps)
+
+    def v_of_abs(theta, grad, m, v, t, lr, beta1, beta2, eps):  # |g| where g² belongs
+        new_theta, m, _ = _adam_step_by_hand(theta, grad, m, v, t, lr, beta1, beta2, eps)
+        return new_theta, m, beta2 * v + (1 - beta2) * grad.abs()
+
+    for wrong, words in [(no_bias_correction, "without bias correction"), (eps_inside, "inside the square"),
+                         (t_plus_one, "t + 1"), (v_of_abs, "returned v is wrong"),
+                         (lambda *a: a[0], "return the three"), (lambda *a: 1 / 0, "ZeroDivisionError")]:
+        result = check_adam_step(wrong)
+        assert not result.passed and words in result.message, result.message
+        assert "case 1" in result.message and "step t=" in result.message or "return" in result.message
+    with pytest.raises(TypeError, match="callable"):
+        check_adam_step(None)
+
+
+# --- Chapter "Gradient accumulation": check_accumulated_gradient --------------------------------
+
+
+def test_check_accumulated_gradient_accepts_loss_over_k_and_fit():
+    import torch
+
+    from gradlab.exercises import check_accumulated_gradient
+    from gradlab.train import fit
+
+    def loss_over_k(model, loss_fn, micro_batches):
+        for x, y in micro_batches:
+            (loss_fn(model(x), y) / len(micro_batches)).backward()
+
+    def weighted_sum(model, loss_fn, micro_batches):  # b_j / B weights: equal sizes give 1/k
+        total = sum(len(x) for x, _ in micro_batches)
+        for x, y in micro_batches:
+            (loss_fn(model(x), y) * len(x) / total).backward()
+
+    with _one_thread():
+        assert check_accumulated_gradient(loss_over_k)
+        assert check_accumulated_gradient(weighted_sum, n_cases=10, seed=2)
+
+    def with_fit(model, loss_fn, micro_batches):
+        # fit zeroes the gradients after its step; an SGD step with lr=0 leaves the model as it
+        # was, and a clip callable is where the accumulated gradient can be read.
+        seen = {}
+        fit(model, loss_fn, micro_batches, torch.optim.SGD(model.parameters(), lr=0.0), steps=1,
+            accumulate=len(micro_batches), clip=lambda ps: seen.update(g=[p.grad.clone() for p in ps]))
+        for p, g in zip(model.parameters(), seen["g"], strict=True):
+            p.grad = g
+
+    with _one_thread():
+        result = check_accumulated_gradient(with_fit, n_cases=10)
+    assert result.passed and result.cases == 10, result.message
+
+
+def test_check_accumulated_gradient_names_the_slip():
+    import pytest
+
+    from gradlab.exercises import check_accumulated_gradient
+
+    def no_division(model, loss_fn, micro_batches):
+        for x, y in micro_batches:
+            loss_fn(model(x), y).backward()
+
+    def zero_inside(model, loss_fn, micro_batches):
+        for x, y in micro_batches:
+            model.zero_grad()
+            (loss_fn(model(x), y) / len(micro_batches)).backward()
+
+    def twice(model, loss_fn, micro_batches):
+        k = len(micro_batches)
+        for x, y in micro_batches:
+            (loss_fn(model(x), y) / k / k).backward()
+
+    def no_backward(model, loss_fn, micro_batches):
+        for x, y in micro_batches:
+            loss_fn(model(x), y)
+
+    for wrong, words in [(no_division, "times the right gradient: divide"), (zero_inside, "zeroed inside"),
+                         (twice, "divided by k twice"), (no_backward, "no .grad"),
+                         (lambda *a: [][0], "raised IndexError")]:
+        result = check_accumulated_gradient(wrong)
+        assert not result.passed and words in result.message, result.message
+    with pytest.raises(TypeError, match="callable"):
+        check_accumulated_gradient("fn")
+
+
 # --- Chapter 3 "Signal propagation at initialization": check_chi1 -----------------------------
 
 
