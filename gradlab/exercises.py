@@ -22,6 +22,16 @@ class CheckResult:
     def __bool__(self) -> bool:
         return self.passed
 
+    def assert_passed(self) -> CheckResult:
+        """Return ``self`` if the check passed, else raise ``AssertionError`` with the message.
+
+        The book's solution cells end with this, so a solution that stops passing its checker
+        fails the build instead of printing a quiet cross.
+        """
+        if not self.passed:
+            raise AssertionError(self.message)
+        return self
+
     def __str__(self) -> str:
         return self.message
 
@@ -684,16 +694,19 @@ def _accumulation_cases(n_cases: int, seed: int):
         k = int(torch.randint(2, 6, (1,), generator=g))
         b = int(torch.randint(1, 5, (1,), generator=g))
         hidden = int(torch.randint(2, 6, (1,), generator=g))
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-        model = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out)).double()
+        width_out = n_out if i % 2 == 0 else max(n_out, 2)
+        # nn.Linear draws from the global RNG: fork it so the reader's random state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            model = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(),
+                                  nn.Linear(hidden, width_out)).double()
         if i % 2 == 0:
             loss_fn = nn.MSELoss()
             batches = [(torch.randn(b, n_in, generator=g, dtype=torch.float64),
                         torch.randn(b, n_out, generator=g, dtype=torch.float64)) for _ in range(k)]
         else:
             loss_fn = nn.CrossEntropyLoss()
-            classes = max(n_out, 2)
-            model[-1] = nn.Linear(hidden, classes).double()
+            classes = width_out
             batches = [(torch.randn(b, n_in, generator=g, dtype=torch.float64),
                         torch.randint(0, classes, (b,), generator=g)) for _ in range(k)]
         yield model, loss_fn, batches

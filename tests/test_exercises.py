@@ -613,3 +613,27 @@ def test_check_chi1_names_the_mistake():
         check_chi1(3)
     with pytest.raises(ValueError, match="n_cases"):
         check_chi1(_ch3_reference_chi1, n_cases=0)
+
+
+def test_assert_passed_returns_the_result_or_raises_with_the_message():
+    import pytest
+
+    from gradlab.exercises import CheckResult
+
+    ok = CheckResult(True, 3, "all 3 random cases match.")
+    assert ok.assert_passed() is ok
+    with pytest.raises(AssertionError, match="case 2 is wrong"):
+        CheckResult(False, 2, "demo: case 2 is wrong").assert_passed()
+
+
+def test_accumulation_checker_leaves_the_global_rng_alone():
+    import torch
+
+    from gradlab.exercises import _accumulation_cases
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    for _ in _accumulation_cases(4, seed=0):
+        pass
+    assert torch.equal(torch.rand(3), expected)
