@@ -32,8 +32,8 @@ def adding_problem(n: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, t
     ``y = x[i, 0] + x[j, 0] = sum_t x[t, 0] * x[t, 1]``.
 
     A model that ignores the inputs and predicts the mean ``y = 1`` has mean squared error
-    ``Var(y) = 2 / 12 = 1/6``; beating it means carrying the first marked number from its position to the end of the
-    sequence: at least ``seq_len / 2`` steps, about ``3 * seq_len / 4`` on average.
+    ``Var(y) = 2 / 12 = 1/6``; beating it means carrying the first marked number from its
+    position to the end of the sequence: at least ``seq_len / 2`` steps, about ``3 * seq_len / 4`` on average.
 
     Returns:
         ``(x, y)``: float32 tensors of shapes ``(n, seq_len, 2)`` and ``(n,)``.
