@@ -59,10 +59,11 @@ def test_adding_statistics():
     assert abs(float(y.var()) - 1 / 6) < 0.01
 
 
-def test_adding_deterministic_and_seed_dependent():
-    a = adding_problem(10, 20, seed=4)
-    b = adding_problem(10, 20, seed=4)
-    c = adding_problem(10, 20, seed=5)
+@pytest.mark.parametrize("make", [adding_problem, temporal_order])
+def test_deterministic_and_seed_dependent(make):
+    a = make(20, 30, seed=7)
+    b = make(20, 30, seed=7)
+    c = make(20, 30, seed=8)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
 
@@ -151,12 +152,6 @@ def test_temporal_order_distractors_uniform():
     assert torch.all((share - 0.25).abs() < 0.01)
 
 
-def test_temporal_order_deterministic_and_seed_dependent():
-    a = temporal_order(20, 30, seed=7)
-    b = temporal_order(20, 30, seed=7)
-    c = temporal_order(20, 30, seed=8)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[0], c[0])
 
 
 @pytest.mark.parametrize(

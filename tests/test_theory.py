@@ -1,5 +1,6 @@
 """Tests for gradlab.theory."""
 
+import math
 
 # ---------------------------------------------------------------------------------------------
 # Chapter 1-2: Jacobians, slopes, spectral bounds, growth rates (compared with measurements)
@@ -270,8 +271,16 @@ def test_matrix_power_norms_of_a_non_normal_matrix_grow_then_decay():
     norms = theory.matrix_power_norms(a, 150)
     assert norms.shape == (151,) and norms.dtype == torch.float64
     assert float(norms[0]) == _ch12_approx(1.0, 1e-12)
+    # A^k = [[l^k, k c l^(k-1)], [0, l^k]]: the off-diagonal entry peaks near k* = -1/log(l),
+    # and the spectral norm lies between that entry and the Frobenius norm.
+    lam, c = 0.9, 5.0
+    k_star = -1.0 / math.log(lam)
     peak = int(norms.argmax())
-    assert 1 < peak < 50 and float(norms[peak]) > 10
+    assert abs(peak - k_star) <= 1.0
+    for k in (1, peak, 40, 150):
+        off_diagonal = k * c * lam ** (k - 1)
+        frobenius = math.sqrt(2 * lam ** (2 * k) + off_diagonal**2)
+        assert off_diagonal <= float(norms[k]) <= frobenius + 1e-12
     assert float(norms[-1]) < 1.0
     assert (norms[peak:].diff() < 0).all()
     for k in (0, 1, 7, 150):
