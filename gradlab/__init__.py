@@ -1,11 +1,12 @@
 """gradlab: the tested code behind the executable textbook on exploding gradients.
 
-Modules: ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
-gradient statistics), ``theory`` (closed-form results), ``plot`` (the book's figures),
-``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, device, source).
+Modules: ``activations`` (the one activation registry), ``models`` (networks with
+init/activation/depth knobs), ``monitor`` (per-layer gradient statistics), ``theory``
+(closed-form results), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's
+solutions), ``utils`` (seeding, device, source).
 """
 
-from . import clip, data, exercises, hessian, models, monitor, plot, theory, train, utils
+from . import activations, clip, data, exercises, hessian, models, monitor, plot, theory, train, utils
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
@@ -14,6 +15,7 @@ from .utils import get_device, seed_everything, show_source
 __version__ = "0.1.0"
 __all__ = [
     "GradientMonitor",
+    "activations",
     "NonFiniteError",
     "clip",
     "data",

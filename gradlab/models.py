@@ -8,18 +8,8 @@ import torch
 from torch import nn
 
 from ._validate import check_choice, check_int, check_real
+from .activations import ACTIVATIONS
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "linear": nn.Identity,
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "gelu": nn.GELU,
-    "elu": nn.ELU,
-    "selu": nn.SELU,
-    "silu": nn.SiLU,
-}
 INITS = ("gaussian", "xavier", "he", "orthogonal")
 NORMS = (None, "batch", "layer")
 
@@ -189,7 +179,7 @@ def mlp(
             Block(
                 linear,
                 norm=layer_norm(dims[i + 1]) if layer_norm else None,
-                activation=ACTIVATIONS[activation](),
+                activation=ACTIVATIONS[activation].module(),
                 residual=residual and dims[i] == dims[i + 1],
                 residual_scale=residual_scale,
             )
@@ -201,7 +191,6 @@ def mlp(
 # Recurrent models
 # ---------------------------------------------------------------------------------------------
 
-RNN_ACTIVATIONS = ("tanh", "linear", "relu")
 RNN_INITS = ("gaussian", "orthogonal", "identity")
 
 
@@ -238,7 +227,7 @@ class VanillaRNN(nn.Module):
 
     Args:
         in_features, hidden_size, out_features: sizes of ``x_t``, ``h_t`` and the output.
-        activation: ``tanh``, ``linear`` or ``relu``.
+        activation: any name of :data:`gradlab.activations.ACTIVATIONS` (``tanh``, ``relu``, ...).
         init, gain: how ``W`` is drawn (see above).
         spectral_radius: if given (> 0), the exact spectral radius of ``W`` after init.
         bias: whether the cell has the bias ``b``.
@@ -260,7 +249,7 @@ class VanillaRNN(nn.Module):
         self.in_features = check_int("in_features", in_features, minimum=1)
         self.hidden_size = check_int("hidden_size", hidden_size, minimum=1)
         self.out_features = check_int("out_features", out_features, minimum=1)
-        self.activation = check_choice("activation", activation, RNN_ACTIVATIONS)
+        self.activation = check_choice("activation", activation, ACTIVATIONS)
         self.init = check_choice("init", init, RNN_INITS)
         gain = check_real("gain", gain, minimum=0.0)
         if spectral_radius is not None:
@@ -300,11 +289,7 @@ class VanillaRNN(nn.Module):
         return self
 
     def _phi(self, a: torch.Tensor) -> torch.Tensor:
-        if self.activation == "tanh":
-            return torch.tanh(a)
-        if self.activation == "relu":
-            return torch.relu(a)
-        return a
+        return ACTIVATIONS[self.activation].fn(a)
 
     def cell(self, h: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
         """One step ``h_t = phi(W h_{t-1} + U x_t + b)`` for ``h`` (..., hidden) and ``x_t``

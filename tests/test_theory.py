@@ -623,7 +623,7 @@ def test_ch3_numpy_activations_match_torch_and_autograd_derivatives():
     x = torch.linspace(-6, 6, 241, dtype=torch.float64)
     for name in _CH3_ACTIVATIONS:
         phi, dphi = theory._NP_ACTIVATIONS[name]
-        expected = ACTIVATIONS[name]()(x).numpy()
+        expected = ACTIVATIONS[name].module()(x).numpy()
         np.testing.assert_allclose(phi(x.numpy()), expected, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(dphi(x.numpy()), theory.activation_derivative(name, x).numpy(),
                                    rtol=1e-12, atol=1e-14)
