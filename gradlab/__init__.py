@@ -2,11 +2,25 @@
 
 Modules: ``activations`` (the one activation registry), ``models`` (networks with
 init/activation/depth knobs), ``monitor`` (per-layer gradient statistics), ``theory``
-(closed-form results), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's
-solutions), ``utils`` (seeding, device, source).
+(closed-form results), ``distributed`` (clipping and NaN checks across processes), ``plot``
+(the book's figures), ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding,
+device, source).
 """
 
-from . import activations, clip, data, exercises, hessian, models, monitor, plot, theory, train, utils
+from . import (
+               activations,
+               clip,
+               data,
+               distributed,
+               exercises,
+               hessian,
+               models,
+               monitor,
+               plot,
+               theory,
+               train,
+               utils,
+)
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
@@ -19,6 +33,7 @@ __all__ = [
     "NonFiniteError",
     "clip",
     "data",
+    "distributed",
     "exercises",
     "fit",
     "get_device",

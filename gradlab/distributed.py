@@ -236,7 +236,8 @@ def launch(
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    if getattr(fn, "__module__", None) == "__main__" or "<locals>" in getattr(fn, "__qualname__", ""):
+    qualname = getattr(fn, "__qualname__", "")
+    if getattr(fn, "__module__", None) == "__main__" or "<" in qualname:  # <locals>, <lambda>
         raise ValueError(f"fn must be defined at the top level of an importable module, got "
                          f"{fn.__module__}.{fn.__qualname__}: a spawned process cannot import it")
     world_size = check_int("world_size", world_size, minimum=1)
