@@ -8,18 +8,18 @@ device, source).
 """
 
 from . import (
-               activations,
-               clip,
-               data,
-               distributed,
-               exercises,
-               hessian,
-               models,
-               monitor,
-               plot,
-               theory,
-               train,
-               utils,
+    activations,
+    clip,
+    data,
+    distributed,
+    exercises,
+    hessian,
+    models,
+    monitor,
+    plot,
+    theory,
+    train,
+    utils,
 )
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
