@@ -54,7 +54,7 @@ def _check_group(group: object) -> None:
         )
 
 
-def world_size(group: dist.ProcessGroup | None = None) -> int:
+def group_size(group: dist.ProcessGroup | None = None) -> int:
     """Number of ranks in ``group`` (the default group for ``None``); 1 when no process group
     is initialized, so that the functions below run unchanged in a single process."""
     _check_group(group)
@@ -64,7 +64,7 @@ def world_size(group: dist.ProcessGroup | None = None) -> int:
 
 
 def _all_reduce(t: torch.Tensor, op: dist.ReduceOp, group: dist.ProcessGroup | None) -> torch.Tensor:
-    if world_size(group) > 1:
+    if group_size(group) > 1:
         dist.all_reduce(t, op=op, group=group)
     return t
 
@@ -74,7 +74,7 @@ def _reduce_device(tensors: list[torch.Tensor], group: dist.ProcessGroup | None)
     (which reduces GPU tensors only) when this rank holds no gradient."""
     if tensors:
         return tensors[0].device
-    if world_size(group) > 1 and dist.get_backend(group) == "nccl":
+    if group_size(group) > 1 and dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

@@ -134,7 +134,7 @@ def test_nonfinite_norm_leaves_gradients_and_warns_or_raises(bad, expected, p):
 
 
 def test_single_process_helpers():
-    assert gd.world_size() == 1
+    assert gd.group_size() == 1
     assert gd.all_finite(torch.tensor([1.0, 2.0])) is True
     assert gd.all_finite(torch.tensor([1.0, math.nan])) is False
     assert gd.all_finite(torch.tensor(math.inf)) is False
@@ -219,6 +219,38 @@ def test_launch_stops_a_hang_at_its_timeout():
     assert time.monotonic() - start < 20.0
 
 
+def test_clip_placement_theorem_in_one_process():
+    """The chapter's exercises: clipping before the average can reverse the step, no clip is
+    active when every rank's norm is below the threshold, and unequal slices need their losses
+    scaled by R b_r / B for DDP's plain average to give the large-batch gradient."""
+    gs = [torch.tensor([10.0, 0.0]), torch.tensor([-2.0, 0.0]), torch.tensor([-2.0, 0.0])]
+
+    def clipped(v, c):
+        t = _with_grads([v])
+        clip.clip_grad_norm_(t, c)
+        return t[0].grad
+
+    after = clipped(sum(gs) / 3, 1.0)
+    before = sum(clipped(g, 1.0) for g in gs) / 3
+    assert float(after[0]) > 0.99 and float(before[0]) < -0.33
+    big = 100.0  # above every norm: both placements give the plain average
+    torch.testing.assert_close(sum(clipped(g, big) for g in gs) / 3, clipped(sum(gs) / 3, big))
+
+    model, x, y = gd.toy_problem()
+
+    def grad_of(loss):
+        model.zero_grad()
+        loss.backward()
+        return gd.flat_grad(model)
+
+    slices = [(x[:32], y[:32]), (x[32:40], y[32:40])]
+    target = grad_of(F.mse_loss(model(x[:40]), y[:40]))
+    equal = sum(grad_of(F.mse_loss(model(a), b)) for a, b in slices) / 2
+    scaled = sum(grad_of(2 * len(a) / 40 * F.mse_loss(model(a), b)) for a, b in slices) / 2
+    assert float((equal - target).norm() / target.norm()) > 0.1
+    assert float((scaled - target).norm() / target.norm()) < 1e-6
+
+
 # ----------------------------------------------------------------------------- two processes
 
 
@@ -254,6 +286,9 @@ def test_clipping_after_the_allreduce_is_large_batch_clipping(ranks, full):
     assert torch.equal(before[0]["update"], before[1]["update"])
     rel = float((before[0]["update"] - expected).norm() / expected.norm())
     assert rel > 0.02
+    # each rank's own gradient is longer than the average, so clipping it first shortens the step
+    assert min(local_norms) > float(g.norm())
+    assert float(before[0]["update"].norm()) < float(expected.norm())
     local_clipped = [r["ddp"]["local"] * min(1.0, MAX_NORM / (n + 1e-6))
                      for r, n in zip(ranks, local_norms, strict=True)]
     torch.testing.assert_close(before[0]["update"], -LR * sum(local_clipped) / 2, rtol=0, atol=1e-7)
@@ -281,6 +316,9 @@ def test_clipping_shards_with_their_own_norms_is_wrong(ranks, full):
     local = [r["shard"]["local_norm"]["norm"] for r in ranks]
     assert math.hypot(*local) == pytest.approx(float(g.norm()), rel=1e-6)  # the shards' norms
     assert float((got - expected).norm() / expected.norm()) > 0.1
+    # both shards are above the threshold, so each is brought to it: norm sqrt(2) c, not c
+    assert min(local) > MAX_NORM
+    assert float(got.norm()) == pytest.approx(math.sqrt(2) * MAX_NORM, rel=1e-5)
 
 
 @pytest.mark.parametrize("p", NORMS)
