@@ -25,7 +25,7 @@ import socket
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -52,6 +52,19 @@ def _check_group(group: object) -> None:
         raise TypeError(
             f"group must be a torch.distributed.ProcessGroup or None, got {type(group).__name__}"
         )
+
+
+def _tensor_list(name: str, value: object) -> list[torch.Tensor]:
+    """``value`` as a list of tensors (one tensor becomes a list of one)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a tensor or an iterable of tensors, got {type(value).__name__}")
+    value = list(value)
+    for k, t in enumerate(value):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{k}] must be a torch.Tensor, got {type(t).__name__}")
+    return value
 
 
 def group_size(group: dist.ProcessGroup | None = None) -> int:
@@ -81,7 +94,7 @@ def _reduce_device(tensors: list[torch.Tensor], group: dist.ProcessGroup | None)
 
 @torch.no_grad()
 def total_norm(
-    tensors: list[torch.Tensor], norm_type: float = 2.0, group: dist.ProcessGroup | None = None
+    tensors: torch.Tensor | Iterable[torch.Tensor], norm_type: float = 2.0, group: dist.ProcessGroup | None = None
 ) -> torch.Tensor:
     """The p-norm of the tensors of *all* ranks seen as one vector, returned on every rank.
 
@@ -96,8 +109,11 @@ def total_norm(
     accumulated in float64. A NaN on any rank gives NaN on every rank: it travels as a flag of
     its own, because a MAX all-reduce of the values can drop it. An inf gives inf. Returns a
     float64 scalar (float32 on MPS, which has no float64); an empty list counts as zeros.
+    Every rank of ``group`` must call it.
     """
+    tensors = _tensor_list("tensors", tensors)
     norm_type = _clip._norm_type(norm_type)
+    _check_group(group)
     device = _reduce_device(tensors, group)
     dtype = torch.float32 if device.type == "mps" else torch.float64
     local = torch.zeros(2, dtype=dtype, device=device)  # [max_i |g_i|, 1 if a NaN is present]

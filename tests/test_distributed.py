@@ -179,6 +179,13 @@ def test_other_bad_input():
         gd.all_finite(True, group=0)
     with pytest.raises(ValueError, match="norm_type"):
         gd.total_norm([torch.ones(2)], 0.0)
+    with pytest.raises(TypeError, match=r"tensors\[0\]"):
+        gd.total_norm([1.0])
+    with pytest.raises(TypeError, match="tensors"):
+        gd.total_norm(2.0)
+    with pytest.raises(TypeError, match="group"):
+        gd.total_norm([torch.ones(2)], group="world")
+    assert float(gd.total_norm(torch.ones(4))) == 2.0  # one tensor is a list of one
 
 
 def _defined_here(rank, world_size):
