@@ -94,7 +94,9 @@ def _reduce_device(tensors: list[torch.Tensor], group: dist.ProcessGroup | None)
 
 @torch.no_grad()
 def total_norm(
-    tensors: torch.Tensor | Iterable[torch.Tensor], norm_type: float = 2.0, group: dist.ProcessGroup | None = None
+    tensors: torch.Tensor | Iterable[torch.Tensor],
+    norm_type: float = 2.0,
+    group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """The p-norm of the tensors of *all* ranks seen as one vector, returned on every rank.
 
