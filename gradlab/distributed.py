@@ -464,8 +464,9 @@ def fsdp_clipping(rank: int, world_size: int, max_norm: float,
     FSDP2: ``fully_shard`` on a CPU mesh, one backward on this rank's slice (FSDP averages the
     gradients over ranks and keeps this rank's rows), then ``torch.nn.utils.clip_grad_norm_`` on
     the DTensor parameters. FSDP1: ``FullyShardedDataParallel`` and its ``clip_grad_norm_``.
-    Returns the FSDP2 gradient shards before clipping and, per norm type, the norms of FSDP2,
-    FSDP1 and gradlab, and the largest difference between FSDP2's and gradlab's clipped shards.
+    Returns the FSDP2 gradient shards before clipping, the shapes of the local parameters of
+    each, what FSDP2's norm is, and, per norm type, the norms of FSDP2, FSDP1 and gradlab, and
+    the largest difference between FSDP2's and gradlab's clipped shards.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
@@ -476,17 +477,21 @@ def fsdp_clipping(rank: int, world_size: int, max_norm: float,
     F.mse_loss(model(xr), yr).backward()
     params = list(model.parameters())
     shards = [p.grad.to_local().clone() for p in params]
-    out: dict[Any, Any] = {"shards": shards}
+    out: dict[Any, Any] = {"shards": shards, "fsdp2_local_shapes": [tuple(g.shape) for g in shards]}
     for p in norm_types:
         for prm, g in zip(params, shards, strict=True):
             prm.grad.to_local().copy_(g)  # restore the unclipped gradient
-        fsdp2_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=p).full_tensor()
+        dtensor_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=p)
+        placements = f"{type(dtensor_norm).__name__} {dtensor_norm.placements}"
+        fsdp2_norm = dtensor_norm.full_tensor()
         mine = _with_grads(shards)
         ours = clip_grad_norm_(mine, max_norm, norm_type=p)
         diff = max(_max_abs_diff(prm.grad.to_local(), t.grad) for prm, t in zip(params, mine, strict=True))
-        out[p] = {"fsdp2": float(fsdp2_norm), "gradlab": float(ours), "clipped_diff": diff}
+        out[p] = {"fsdp2": float(fsdp2_norm), "gradlab": float(ours), "clipped_diff": diff,
+                  "fsdp2_norm_is": placements}
     model1, _, _ = toy_problem(seed)
     fsdp1 = FullyShardedDataParallel(model1, device_id=torch.device("cpu"))
+    out["fsdp1_local_shapes"] = [tuple(prm.shape) for prm in fsdp1.parameters()]
     for p in norm_types:
         fsdp1.zero_grad()
         F.mse_loss(fsdp1(xr), yr).backward()

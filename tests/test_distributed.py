@@ -336,6 +336,13 @@ def test_sharded_clipping_matches_torch_fsdp2_and_fsdp1(ranks, full, p):
         assert res["gradlab"] == pytest.approx(res["fsdp2"], rel=1e-6)
         assert res["gradlab"] == pytest.approx(res["fsdp1"], rel=1e-6)
         assert res["clipped_diff"] < 1e-7
+    shapes = [tuple(q.shape) for q in full[0].parameters()]
+    assert [r["fsdp"]["fsdp2_local_shapes"] for r in ranks] == [
+        [tuple(gd.shard(torch.empty(s), k, 2).shape) for s in shapes] for k in range(2)]
+    n = sum(math.prod(s) for s in shapes)  # FSDP1: one flat vector, half on each rank
+    assert [r["fsdp"]["fsdp1_local_shapes"] for r in ranks] == [[(n // 2,)], [(n - n // 2,)]]
+    expected_placement = "(Partial(max),)" if math.isinf(p) else "(Replicate(),)"
+    assert [r["fsdp"][p]["fsdp2_norm_is"] for r in ranks] == [f"DTensor {expected_placement}"] * 2
     # FSDP2's shards are the rows of the large-batch gradient, averaged over the ranks
     torch.testing.assert_close(_unshard([r["fsdp"]["shards"] for r in ranks]), g, rtol=0, atol=1e-6)
 
