@@ -3,14 +3,14 @@
 Modules: ``activations`` (the one activation registry), ``models`` (networks with
 init/activation/depth knobs), ``monitor`` (per-layer gradient statistics), ``theory``
 (closed-form results), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's
-solutions), ``utils`` (seeding, device, source).
+solutions), ``utils`` (seeding, the thread policy, device, source).
 """
 
 from . import activations, clip, data, exercises, hessian, models, monitor, plot, theory, train, utils
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
-from .utils import get_device, seed_everything, show_source
+from .utils import get_device, seed_everything, setup_chapter, show_source
 
 __version__ = "0.1.0"
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "monitor",
     "plot",
     "seed_everything",
+    "setup_chapter",
     "show_source",
     "theory",
     "train",
