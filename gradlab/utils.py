@@ -65,8 +65,8 @@ def setup_chapter(seed: int = 0, *, threads: int | None = None) -> torch.Generat
     on the quietest machine measured (load average 2.2). CONTRIBUTING.md ("Thread policy") has
     the table.
     """
-    generator = seed_everything(seed)
     threads = book_threads() if threads is None else check_int("threads", threads, minimum=1)
+    generator = seed_everything(seed)
     use_style()
     torch.set_num_threads(threads)
     return generator
