@@ -58,12 +58,11 @@ def setup_chapter(seed: int = 0, *, threads: int | None = None) -> torch.Generat
 
     Why one thread: the book's models are small (widths 8 to 512, batches up to a few hundred),
     so an operation splits into pieces too small to pay for a second thread, and a thread that
-    the OS deschedules stalls the others at every synchronization point. On the 2-core machine
-    the book is tested on, shared with other jobs, two threads made chapter-like workloads 4.6
-    to 12 times slower (median of 5 runs) at load average 5, and up to 26 times slower with four
-    more busy processes; one thread lost at most a factor 2 (the 401 x 401 loss-surface grid)
-    on the quietest machine measured (load average 2.2). CONTRIBUTING.md ("Thread policy") has
-    the table.
+    the OS deschedules stalls the other at every synchronization point. On the 2-core machine
+    the book is tested on, shared with other jobs, two threads made four chapter-like workloads
+    3.7 to 29 times slower (medians of 5 runs, load averages 5 to 12); on the quietest machine
+    measured (load average 2.2) they gained at most a factor 2, on runs under half a second.
+    ``bench/threads.py`` measures it; CONTRIBUTING.md ("Thread policy") has the table.
     """
     threads = book_threads() if threads is None else check_int("threads", threads, minimum=1)
     generator = seed_everything(seed)
