@@ -33,11 +33,13 @@ def teacher_regression(
     The inputs are ``x ~ N(0, I_d)`` with ``d = in_features``. The clean target ``f(x)`` is
 
     - ``kind="sine"``:   ``sin(2 w·x / sqrt(d))`` with ``w ~ N(0, I_d)``; ``w·x / sqrt(d)`` has
-      variance ``|w|²/d ≈ 1``, so ``Var f = (1 - exp(-8 |w|²/d)) / 2 ≈ 0.5``;
+      variance ``s = |w|²/d`` (1 on average over teachers), so ``Var f = (1 - exp(-8 s)) / 2``,
+      0.49 to 0.5 for ``s`` from 0.5 up;
     - ``kind="mlp"``:    a random tanh network ``gl.mlp(3, 32, in_features=d, out_features=1,
       activation="tanh")`` (He init), its outputs then standardized over the ``n`` examples to
       sample mean 0 and sample variance 1 (so a constant predictor has loss about 1);
-    - ``kind="linear"``: ``w·x / sqrt(d)`` with ``w ~ N(0, I_d)``; variance ``|w|²/d ≈ 1``.
+    - ``kind="linear"``: ``w·x / sqrt(d)`` with ``w ~ N(0, I_d)``; variance ``s = |w|²/d``, which
+      is 1 on average over teachers and spreads by ``sqrt(2/d)`` around it.
 
     and ``y = f(x) + noise * eps`` with ``eps ~ N(0, 1)``, so the best possible mean squared
     error is ``noise²``. The teacher (``w`` or the network) depends on ``seed`` only, and
