@@ -4,7 +4,7 @@ Modules: ``activations`` (the one activation registry), ``models`` (networks wit
 init/activation/depth knobs), ``monitor`` (per-layer gradient statistics), ``theory``
 (closed-form results), ``distributed`` (clipping and NaN checks across processes), ``plot``
 (the book's figures), ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding,
-device, source).
+the thread policy, device, source).
 """
 
 from . import (
@@ -24,7 +24,7 @@ from . import (
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
-from .utils import get_device, seed_everything, show_source
+from .utils import get_device, seed_everything, setup_chapter, show_source
 
 __version__ = "0.1.0"
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "monitor",
     "plot",
     "seed_everything",
+    "setup_chapter",
     "show_source",
     "theory",
     "train",
