@@ -105,14 +105,13 @@ def describe(*words: str, **values: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    """A value in a label: a tensor by its shape (0-dim: its value), numbers to 4 digits."""
     if isinstance(value, torch.Tensor):
-        return _short(value.detach().to(torch.float64)) if value.ndim else fmt(value.item())
-    if isinstance(value, bool | int | str):
-        return str(value)
+        return f"shape {tuple(value.shape)}" if value.ndim else fmt(value.item())
     if isinstance(value, float):
         return fmt(value)
-    if isinstance(value, list | tuple) and all(_is_shape(v) for v in value):
-        return str(value)  # a shape, or a list of shapes
+    if isinstance(value, str | int) or (isinstance(value, list | tuple) and all(map(_is_shape, value))):
+        return str(value)  # also a shape, or a list of shapes
     if isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value):
         inner = ", ".join(fmt(v) for v in value)
         return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
@@ -121,12 +120,6 @@ def _show(value: Any) -> str:
 
 def _is_shape(value: Any) -> bool:
     return isinstance(value, int) or (isinstance(value, tuple) and all(isinstance(v, int) for v in value))
-
-
-def _describe_args(args: Iterable[Any]) -> str:
-    """A label from positional arguments: tensors by shape, everything else by value."""
-    return ", ".join(f"shape {tuple(a.shape)}" if isinstance(a, torch.Tensor) and a.ndim else _show(a)
-                     for a in args)
 
 
 def _short(t: torch.Tensor) -> str:
@@ -138,7 +131,7 @@ def _short(t: torch.Tensor) -> str:
     return shown + (f" ... ({flat.numel()} entries)" if flat.numel() > 6 else "")
 
 
-def check_fn(name: str, fn: object) -> Callable:
+def _check_callable(name: str, fn: object) -> Callable:
     """Return ``fn`` if it is callable; a ``TypeError`` names the argument otherwise."""
     if not callable(fn):
         raise TypeError(f"{name} must be callable (the function to check), got {type(fn).__name__}")
@@ -171,7 +164,7 @@ def run(
     ``slip_rtol`` (default ``rtol``); ``error_hints`` maps text in the reader's exception to
     advice. ``reference`` completes the success message ("... match torch.optim.Adam.").
     """
-    check_fn("fn", fn)
+    _check_callable("fn", fn)
     n_cases = check_int("n_cases", n_cases, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     return _run_cases(
@@ -209,9 +202,9 @@ def check_function(
     expected and the returned value, or the exception the candidate raised. ``cases`` must hold
     at least one case: a check of nothing would pass without meaning anything.
     """
-    check_fn("candidate", candidate)
-    check_fn("reference", reference)
-    made = (Case(tuple(args), reference(*args), _describe_args(args)) for args in cases)
+    _check_callable("candidate", candidate)
+    _check_callable("reference", reference)
+    made = (Case(tuple(args), reference(*args), describe(*map(_show, args))) for args in cases)
     return _run_cases(name, candidate, made, rtol=rtol, atol=atol, part_atol={}, slips={},
                       slip_rtol=rtol, observe=None, error_hints={}, reference="")
 
@@ -358,5 +351,5 @@ def _slip_hint(answer: Any, case: Case, slips: Slips, rtol: float, atol: float,
     return "\nKnown slips that give this answer here: " + "; or ".join(named) + "."
 
 
-__all__ = ["Case", "CheckResult", "Slips", "WrongForm", "as_float64", "check_fn", "check_function",
-           "describe", "fmt", "run"]
+__all__ = ["Case", "CheckResult", "Slips", "WrongForm", "as_float64", "check_function", "describe",
+           "fmt", "run"]
