@@ -11,10 +11,12 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.learning_rate`: the largest stable learning rate, Hessian-vector products
 - :mod:`.optimizers`: one Adam step ("Optimizer choice")
 - :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
+- :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 """
 
 from .accumulation import check_accumulated_gradient
 from .clipping import check_clip_grad_norm
+from .distributed import check_global_norm
 from .harness import CheckResult, check_function
 from .jacobians import check_layer_jacobian, check_scalar_chain_gradient
 from .learning_rate import check_hvp, check_max_stable_lr
@@ -31,6 +33,7 @@ __all__ = [
     "check_chi1",
     "check_clip_grad_norm",
     "check_function",
+    "check_global_norm",
     "check_hvp",
     "check_layer_jacobian",
     "check_max_stable_lr",
