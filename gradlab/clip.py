@@ -254,21 +254,25 @@ def adaptive_clip_grad_(parameters: Parameters, clipping: float = 0.01, eps: flo
     For each unit ``i`` (a row of a weight matrix, a whole bias vector) the gradient row ``G_i``
     is rescaled to ``G_i * clipping * max(||W_i||, eps) / ||G_i||`` when
     ``||G_i|| / max(||W_i||, eps) > clipping``, and left alone otherwise. The threshold follows
-    the size of the weights, so it needs no tuning per layer. The norms are taken in float64,
-    so a float32 row with entries beyond 1.8e19 is clipped rather than zeroed (its float32 norm
-    would overflow to inf); a NaN or Inf entry warns.
+    the size of the weights, so it needs no tuning per layer. A row whose norm overflows although
+    its entries are finite (float32: entries beyond 1.8e19) is measured again in float64, so it
+    is clipped rather than zeroed; a NaN or Inf entry warns.
     """
     clipping = check_real("clipping", clipping, minimum=0.0)
     eps = check_real("eps", eps, minimum=0.0, strict=True)
     for p in _tensors(parameters):
         if p.grad is None:
             continue
-        grad = p.grad.to(torch.float64)
-        max_norm = unitwise_norm(p.detach().to(torch.float64)).clamp_min(eps) * clipping
+        grad = p.grad
         grad_norm = unitwise_norm(grad)
         if not bool(torch.isfinite(grad_norm).all()):
-            warnings.warn("adaptive_clip_grad_: a gradient row has a NaN or Inf entry; clipping "
-                          "turns that row into NaN or 0", RuntimeWarning, stacklevel=3)
+            if bool(torch.isfinite(grad).all()):  # only the squares overflowed
+                grad = grad.to(torch.float64)
+                grad_norm = unitwise_norm(grad)
+            else:
+                warnings.warn("adaptive_clip_grad_: a gradient row has a NaN or Inf entry; "
+                              "clipping turns that row into NaN or 0", RuntimeWarning, stacklevel=3)
+        max_norm = unitwise_norm(p.detach().to(grad.dtype)).clamp_min(eps) * clipping
         # clamp_min keeps 0/0 out of the unused branch of `where`.
         scaled = grad * (max_norm / grad_norm.clamp_min(_EPS))
         p.grad.copy_(torch.where(grad_norm > max_norm, scaled, grad))
