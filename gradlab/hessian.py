@@ -255,12 +255,17 @@ def _lanczos(product, v: torch.Tensor, iters: int, tol: float, generator: torch.
     if norm == 0:
         raise ValueError("init must not be the zero vector")
     n, eps = v.numel(), torch.finfo(v.dtype).eps
-    basis = torch.empty(min(iters, n), n, dtype=v.dtype, device=v.device)  # rows q_1 .. q_m
+    most = min(iters, n)
+    basis = torch.empty(min(most, 16), n, dtype=v.dtype, device=v.device)  # rows q_1 .. q_m
     images = torch.empty_like(basis)  # rows H q_1 .. H q_m
-    t = torch.zeros(len(basis), len(basis), dtype=torch.float64)  # T = Qᵀ H Q
+    t = torch.zeros(most, most, dtype=torch.float64)  # T = Qᵀ H Q
     q, scale = v / norm, 0.0
-    for j in range(len(basis)):
+    for j in range(most):
         m = j + 1
+        if j == len(basis):  # grow by doubling: memory follows the products actually used
+            grown = min(2 * j, most)
+            basis = torch.cat([basis, basis.new_empty(grown - j, n)])
+            images = torch.cat([images, images.new_empty(grown - j, n)])
         basis[j], images[j] = q, product(q)
         column = basis[:m] @ images[j]
         t[:m, j] = t[j, :m] = column.to(torch.float64).cpu()
@@ -283,7 +288,7 @@ def _lanczos(product, v: torch.Tensor, iters: int, tol: float, generator: torch.
             for _ in range(2):
                 r = r - (basis[:m] @ r) @ basis[:m]
         q = r / torch.linalg.vector_norm(r)
-    return value, y, len(basis), residual <= tol, residual
+    return value, y, most, residual <= tol, residual
 
 
 def _power_iteration(product, v, iters: int, tol: float, shift: float = 0.0):
