@@ -21,18 +21,20 @@ from .jacobians import (
     spectral_norm,
     spectral_radius,
 )
-
-# The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
-from .mean_field import _chi1_callable as _chi1_callable
-from .mean_field import _q_star_callable as _q_star_callable
 from .mean_field import (
+    LengthMapPath,
     chi1,
     critical_sigma_w,
     depth_scale,
     gaussian_expectation,
     length_map,
+    length_map_path,
     q_star,
 )
+
+# The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
+from .mean_field import _chi1_callable as _chi1_callable
+from .mean_field import _q_star_callable as _q_star_callable
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
 
 __all__ = [
@@ -51,6 +53,8 @@ __all__ = [
     # mean_field
     "gaussian_expectation",
     "length_map",
+    "length_map_path",
+    "LengthMapPath",
     "q_star",
     "chi1",
     "depth_scale",
