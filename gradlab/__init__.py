@@ -1,12 +1,12 @@
 """gradlab: the tested code behind the executable textbook on exploding gradients.
 
-Modules: ``activations`` (the one activation registry), ``models`` (networks with
-init/activation/depth knobs), ``monitor`` (per-layer gradient statistics), ``theory``
-(closed-form results), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's
-solutions), ``utils`` (seeding, device, source).
+Modules: ``activations`` (the one activation registry), ``amp`` (16-bit casts, dynamic loss
+scaling), ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
+gradient statistics), ``theory`` (closed-form results), ``plot`` (the book's figures),
+``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, device, source).
 """
 
-from . import activations, clip, data, exercises, hessian, models, monitor, plot, theory, train, utils
+from . import activations, amp, clip, data, exercises, hessian, models, monitor, plot, theory, train, utils
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GradientMonitor",
     "activations",
+    "amp",
     "NonFiniteError",
     "clip",
     "data",

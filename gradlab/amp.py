@@ -1,4 +1,5 @@
-"""Dynamic loss scaling for float16 training: a short, readable ``torch.amp.GradScaler``.
+"""Mixed precision: what a 16-bit cast loses, and dynamic loss scaling (``LossScaler``, a short,
+readable ``torch.amp.GradScaler``).
 
 float16 rounds gradient entries below ``2**-25`` to 0 and turns those of ``65520`` or more into
 inf. Backpropagation is linear in the gradient of the output, so multiplying the loss by a scale
@@ -20,16 +21,81 @@ were unscaled beforehand, which gives the same update up to rounding.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from ._validate import check_int, check_real
+from ._validate import check_int, check_real, check_tensor
 
 
 def _float32(x: float) -> float:
     """``x`` rounded to the nearest float32 (inf beyond its range), as a Python float."""
     return torch.tensor(x, dtype=torch.float32).item()
+
+
+# -- what a cast to a narrow format loses ---------------------------------------------------------
+
+
+def _check_float_dtype(dtype: object) -> torch.finfo:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    return torch.finfo(dtype)
+
+
+def cast_thresholds(dtype: torch.dtype) -> tuple[float, float]:
+    """The magnitudes ``(flush, overflow)`` at which rounding to ``dtype`` loses a number.
+
+    With round-to-nearest-even, ``|x| <= flush`` rounds to 0 and ``|x| >= overflow`` to inf:
+    ``flush`` is half the smallest subnormal, ``tiny * eps / 2``, and ``overflow`` is the
+    largest finite number plus half the spacing of numbers next to it,
+    ``max + max * eps / (2 (2 - eps))`` (so ``(2**-25, 65520)`` for float16).
+    """
+    fi = _check_float_dtype(dtype)
+    top_spacing = fi.max * fi.eps / (2 - fi.eps)  # max = (2 - eps) 2^emax, spacing eps 2^emax
+    return fi.smallest_normal * fi.eps / 2, fi.max + top_spacing / 2
+
+
+def lost_in_cast(values: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> tuple[float, float]:
+    """Fractions ``(underflow, overflow)`` of the nonzero entries of ``scale * values`` that a
+    cast to ``dtype`` turns into 0 and into inf, from :func:`cast_thresholds`:
+    ``#{|s v_i| <= flush} / #{v_i != 0}`` and ``#{|s v_i| >= overflow} / #{v_i != 0}``.
+
+    Computed in float64. For float32 ``values`` and a power-of-2 ``scale`` (the product is then
+    exact) it predicts the cast ``(scale * values).to(dtype)`` exactly. An all-zero tensor gives
+    ``(0, 0)``.
+    """
+    values = check_tensor("values", values)
+    scale = check_real("scale", scale, minimum=0.0, strict=True)
+    flush, overflow = cast_thresholds(dtype)
+    a = values.detach().double().abs().flatten()
+    a = a[a != 0] * scale
+    if a.numel() == 0:
+        return 0.0, 0.0
+    return float((a <= flush).double().mean()), float((a >= overflow).double().mean())
+
+
+def expected_rounding_error(values: torch.Tensor, dtype: torch.dtype) -> float:
+    """Predicted relative error ``||fl(v) - v|| / ||v||`` of rounding ``values`` to ``dtype``.
+
+    Each entry moves by at most half the spacing ``ulp(v_i) = eps * 2^max(e_i, e_min)`` of the
+    numbers around it (``e_i = floor(log2 |v_i|)``, ``2^e_min`` the smallest normal). If the
+    discarded bits are uniformly distributed the error is uniform on ``[-ulp/2, ulp/2]``, of
+    variance ``ulp^2 / 12``, so ``E ||fl(v) - v||^2 = sum_i ulp(v_i)^2 / 12``; the function
+    returns ``sqrt(sum_i ulp(v_i)^2 / 12) / ||v||``. Raises if an entry would overflow.
+    """
+    values = check_tensor("values", values)
+    fi = _check_float_dtype(dtype)
+    a = values.detach().double().abs().flatten()
+    if not bool(a.isfinite().all()) or bool((a >= cast_thresholds(dtype)[1]).any()):
+        raise ValueError(f"values must be finite and below the overflow threshold of {dtype}")
+    norm = float(a.norm())
+    if norm == 0:
+        return 0.0
+    a = a[a != 0]
+    exponent = torch.floor(torch.log2(a)).clamp(min=math.log2(fi.smallest_normal))
+    ulp = torch.exp2(exponent) * fi.eps
+    return math.sqrt(float((ulp**2).sum()) / 12) / norm
 
 
 class LossScaler:
@@ -268,4 +334,4 @@ class LossScaler:
         return check_real("new_scale", new_scale, minimum=0.0, strict=True)
 
 
-__all__ = ["LossScaler"]
+__all__ = ["LossScaler", "cast_thresholds", "expected_rounding_error", "lost_in_cast"]
