@@ -267,10 +267,10 @@ class LossScaler:
         self._found_inf, self._stepped = {}, set()
         if self.max_consecutive_skips is not None and self._skips_in_a_row >= self.max_consecutive_skips:
             raise FloatingPointError(
-                f"{self._skips_in_a_row} iterations in a row had inf/NaN gradients (the last "
-                f"{self.iterations - 1}); the scale has backed off to {self._scale:.3g}. A gradient "
-                "that is non-finite at every scale is not a float16 range problem: look for a true "
-                "explosion."
+                f"{self._skips_in_a_row} iterations in a row had inf/NaN gradients (iterations "
+                f"{self.iterations - self._skips_in_a_row} to {self.iterations - 1}); the scale has "
+                f"backed off to {self._scale:.3g}. A gradient that is non-finite at every scale is "
+                "not a float16 range problem: look for a true explosion."
             )
 
     # -- state ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ precision and loss scaling" states (each with its tolerance)."""
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -359,3 +360,265 @@ def test_expected_rounding_error_edge_cases():
     # Subnormal entries: the spacing stops shrinking below the smallest normal.
     tiny = torch.full((1000,), 3e-7, dtype=torch.float64)
     assert expected_rounding_error(tiny, torch.float16) == pytest.approx(2.0**-24 / math.sqrt(12) / 3e-7)
+
+
+# -- the chapter "Mixed precision and loss scaling": each agreement it states ------------------------
+# The set-up below is the chapter's: a 12-layer tanh network in the ordered phase (its gradient is
+# small) and the exploding 16-layer ReLU network of the clipping chapter, on 256 teacher points.
+
+N_POINTS = 256
+
+
+@pytest.fixture(scope="module")
+def task():
+    gl.seed_everything(0)
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(N_POINTS, 16, generator=gen)
+    teacher = gl.mlp(3, 32, in_features=16, out_features=1, activation="tanh")
+    with torch.no_grad():
+        y = teacher(x)
+    return x, (y - y.mean()) / y.std()
+
+
+def _deep_net(seed=0):
+    torch.manual_seed(seed)
+    return gl.mlp(12, 32, in_features=16, out_features=1, activation="tanh", init="gaussian", gain=0.35)
+
+
+def _exploding_net():
+    torch.manual_seed(0)
+    return gl.mlp(16, 32, in_features=16, out_features=1, activation="relu", init="he", gain=1.4)
+
+
+def _gradient(model, x, y, scale=1.0, dtype=None):
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=dtype or torch.float16, enabled=dtype is not None):
+        out = model(x)
+    (MSE(out.float(), y) * scale).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()]) / scale
+
+
+def _train_amp(model, optimizer, scaler, x, y, steps, dtype=torch.float16, clip=None, unscale_first=True):
+    """The chapter's hand-written loop; returns losses, the scale of each step, skipped flags."""
+    losses, scales, skipped, received = [], [], [], []
+    params = list(model.parameters())
+    optimizer.register_step_pre_hook(
+        lambda o, a, k: received.append(float(torch.cat([p.grad.flatten() for p in params]).norm())))
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype):
+            out = model(x)
+        loss = MSE(out.float(), y)
+        scale = scaler.get_scale()
+        scaler.scale(loss).backward()
+        if clip is not None:
+            if unscale_first:
+                scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+        scales.append(scale)
+        skipped.append(scaler.get_scale() < scale)
+    return np.array(losses), np.array(scales), np.array(skipped), np.array(received)
+
+
+def _ceiling(model, x, y):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        y_hat = model(x).float()
+    return cast_thresholds(torch.float16)[1] / float((2 * (y_hat - y) / N_POINTS).abs().max())
+
+
+def test_chapter_underflow_at_scale_one_and_bfloat16(task):
+    # The theorem's count equals the cast's at every scale (exactly); at S = 1 the cast and the
+    # float16 backward pass lose about as many entries (within 2 percentage points), the
+    # layer-output gradients more; bfloat16 loses none.
+    x, y = task
+    net = _deep_net()
+    h, outputs = x, []
+    for layer in net:
+        h = layer(h)
+        h.retain_grad()
+        outputs.append(h)
+    MSE(h, y).backward()
+    g = torch.cat([p.grad.flatten() for p in net.parameters()])
+    act = torch.cat([o.grad.flatten() for o in outputs])
+    for k in range(0, 41, 2):
+        cast = (g * 2.0**k).half()[g != 0]
+        assert lost_in_cast(g, torch.float16, 2.0**k) == (float((cast == 0).double().mean()),
+                                                          float(cast.isinf().double().mean()))
+    cast_lost = lost_in_cast(g, torch.float16)[0]
+    real = _gradient(net, x, y, 1.0, torch.float16)[g != 0]
+    real_lost = float((real == 0).double().mean())
+    assert 0.05 < cast_lost < 0.15 and abs(real_lost - cast_lost) < 0.02
+    assert float((act.abs() <= 2.0**-25).double().mean()) > max(cast_lost, real_lost)
+    assert not bool((_gradient(net, x, y, 1.0, torch.bfloat16)[g != 0] == 0).any())
+
+
+def test_chapter_overflow_ceiling_is_the_output_gradient(task):
+    # Predicted S* = 65520 / max|dL/dy_hat|: the float16 backward overflows at S*, not 1e-6 below.
+    x, y = task
+    net = _deep_net()
+    ceiling = _ceiling(net, x, y)
+    assert not bool(_gradient(net, x, y, ceiling, torch.float16).isfinite().all())
+    assert bool(_gradient(net, x, y, ceiling * (1 - 1e-6), torch.float16).isfinite().all())
+
+
+def test_chapter_loss_scale_is_invisible_inside_the_range(task):
+    # Weight-gradient error against float32: the same (within 10%) for S = 2^8 ... 2^20, between 1
+    # and 2 u of float16, and more than 10 times larger at S = 1.
+    x, y = task
+    net = _deep_net()
+    g = _gradient(net, x, y)
+    is_weight = torch.cat([torch.full((p.numel(),), name.endswith("weight"))
+                           for name, p in net.named_parameters()])
+
+    def error(k):
+        diff = _gradient(net, x, y, 2.0**k, torch.float16) - g
+        return float(diff[is_weight].norm() / g[is_weight].norm())
+
+    inside = np.array([error(k) for k in (8, 12, 16, 20)])
+    assert inside.max() / inside.min() < 1.1
+    assert 1.0 < inside.mean() / 2.0**-11 < 2.0
+    assert error(0) > 10 * inside.mean()
+
+
+def test_chapter_fixed_ceiling_skips_exactly_as_predicted(task):
+    # Theorem (a): with a frozen network the skipped steps are exactly the predicted ones.
+    x, y = task
+    net = _deep_net()
+    ceiling = _ceiling(net, x, y)
+    N, steps = 10, 105
+    scaler = LossScaler(growth_interval=N)
+    _train_amp(net, torch.optim.SGD(net.parameters(), lr=0.0), scaler, x, y, steps)
+    S, run, expected = 2.0**16, 0, []
+    for t in range(steps):
+        if S >= ceiling:
+            expected.append(t)
+            S, run = S / 2, 0
+        elif run + 1 == N:
+            S, run = S * 2, 0
+        else:
+            run += 1
+    assert scaler.skipped == expected == [60, 71, 82, 93, 104]
+
+
+@pytest.mark.parametrize("N", [5, 10, 20])
+def test_chapter_training_skips_at_most_one_in_n_plus_one(task, N):
+    # Theorem (b)'s bound, as the chapter states it for its runs: after the first skip, the skipped
+    # fraction is below 1/(N+1).
+    x, y = task
+    net = _deep_net()
+    _, _, skipped, _ = _train_amp(net, torch.optim.Adam(net.parameters(), lr=1e-3),
+                                  torch.amp.GradScaler("cpu", growth_interval=N), x, y, 250)
+    first = int(np.argmax(skipped))
+    ratio = skipped[first + 1:].mean() * (N + 1)
+    assert 0 < ratio < 1.0
+
+
+def test_chapter_clipping_before_unscale_divides_the_threshold_by_the_scale(task):
+    # Right order: the optimizer receives norms <= c (to 1e-5); wrong order: exactly c / S.
+    x, y = task
+    runs = {}
+    for order in (True, False):
+        net = _exploding_net()
+        runs[order] = _train_amp(net, torch.optim.SGD(net.parameters(), lr=0.1), torch.amp.GradScaler("cpu"),
+                                 x, y, 150, clip=1.0, unscale_first=order)
+    losses, scales, skipped, received = runs[False]
+    assert np.allclose(received, 1.0 / scales[~skipped], rtol=1e-5)
+    assert runs[True][3].max() <= 1.0 + 1e-5
+    assert runs[True][0][-1] < losses[-1]
+
+
+def test_chapter_rounding_errors(task):
+    # Cast error: predicted to 1%, ratio bfloat16/float16 within 5% of 8. Backward-pass weight
+    # gradients: 0.5 to 2 u in both formats. Bias gradients: below u * kappa (Theorem "sum that
+    # cancels"), median ratio between 1/32 and 1/8 (the chapter: near 1/sqrt(256)).
+    x, y = task
+    net = _deep_net()
+    h, pre = x, []
+    for layer in net:
+        z = layer.linear(h)
+        z.retain_grad()
+        pre.append(z)
+        h = layer.activation(layer.norm(z))
+    MSE(h, y).backward()
+    ref = {name: p.grad.clone() for name, p in net.named_parameters()}
+    g = torch.cat([v.flatten() for v in ref.values()])
+    cast = {}
+    for dtype, S in ((torch.float16, 2.0**16), (torch.bfloat16, 1.0)):
+        measured = float(((g * S).to(dtype).float() / S - g).norm() / g.norm())
+        assert measured == pytest.approx(expected_rounding_error(g * S, dtype), rel=0.01)
+        cast[dtype] = measured
+    assert cast[torch.bfloat16] / cast[torch.float16] == pytest.approx(8.0, rel=0.05)
+    kappa = np.array([float(z.grad.abs().sum(0).norm() / z.grad.sum(0).norm()) for z in pre])
+    ratios = []
+    for dtype, S in ((torch.float16, 2.0**16), (torch.bfloat16, 1.0)):
+        _gradient(net, x, y, S, dtype)
+        u = torch.finfo(dtype).eps / 2
+        err = {name: float((p.grad / S - ref[name]).norm() / ref[name].norm()) / u
+               for name, p in net.named_parameters()}
+        weights = [e for name, e in err.items() if name.endswith("weight")]
+        assert 0.5 < min(weights) and max(weights) < 2.0
+        ratios += [err[f"{k}.linear.bias"] / kappa[k] for k in range(len(net))]
+    assert max(ratios) < 1.0 and 1 / 32 < np.median(ratios) < 1 / 8
+
+
+def test_chapter_bfloat16_run_is_closer_to_float32_than_another_init(task):
+    x, y = task
+
+    def fp32(seed):
+        model = _deep_net(seed)
+        return gl.fit(model, MSE, (x, y), torch.optim.Adam(model.parameters(), lr=1e-3), steps=250).loss[-1]
+
+    model = _deep_net()
+    bf16 = _train_amp(model, torch.optim.Adam(model.parameters(), lr=1e-3), LossScaler(enabled=False),
+                      x, y, 250, dtype=torch.bfloat16)[0][-1]
+    reference = fp32(0)
+    assert abs(bf16 / reference - 1) < abs(fp32(1) / reference - 1)
+
+
+def test_chapter_loss_scaling_cannot_fix_an_explosion(task):
+    # float32 stops at step 1; float16 takes one step (after the backoff), then skips for ever with
+    # the scale halving; LossScaler(max_consecutive_skips=20) raises.
+    x, y = task
+    net = _exploding_net()
+    with pytest.warns(RuntimeWarning, match="fit stopped"):
+        history = gl.fit(net, MSE, (x, y), torch.optim.SGD(net.parameters(), lr=0.1), steps=100)
+    assert history.stopped_at == 1
+    net = _exploding_net()
+    _, scales, skipped, _ = _train_amp(net, torch.optim.SGD(net.parameters(), lr=0.1),
+                                       torch.amp.GradScaler("cpu"), x, y, 100)
+    taken = np.flatnonzero(~skipped)
+    assert len(taken) == 1
+    after = scales[taken[0] + 1:]
+    assert np.array_equal(after[1:], after[:-1] / 2)
+    net = _exploding_net()
+    with pytest.raises(FloatingPointError, match="20 iterations in a row"):
+        _train_amp(net, torch.optim.SGD(net.parameters(), lr=0.1), LossScaler(max_consecutive_skips=20),
+                   x, y, 100)
+
+
+def test_chapter_exercise_growth_factor_four_skips_two_in_n_plus_two():
+    p = nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([p], lr=0.0)
+    N, steps = 8, 200
+    scaler = LossScaler(growth_factor=4.0, growth_interval=N)
+    for _ in range(steps):
+        opt.zero_grad()
+        scaler.scale(p.half().float().sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+    first = scaler.skipped[0]
+    assert abs(len(scaler.skipped) / (steps - first) - 2 / (N + 2)) <= 2 / (steps - first)
+
+
+def test_chapter_exercise_swamping():
+    results = {}
+    for dtype in (torch.bfloat16, torch.float16):
+        w = torch.tensor(1.0, dtype=dtype)
+        for _ in range(1000):
+            w = w + torch.tensor(1e-3, dtype=dtype)
+        results[dtype] = w.item()
+    assert results[torch.bfloat16] == 1.0 and results[torch.float16] == 1 + 1000 * 2.0**-10
