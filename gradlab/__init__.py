@@ -2,15 +2,30 @@
 
 Modules: ``activations`` (the one activation registry), ``amp`` (16-bit casts, dynamic loss
 scaling), ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
-gradient statistics), ``theory`` (closed-form results), ``plot`` (the book's figures),
-``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, device, source).
+gradient statistics), ``theory`` (closed-form results), ``distributed`` (clipping and NaN checks
+across processes), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's
+solutions), ``utils`` (seeding, the thread policy, device, source).
 """
 
-from . import activations, amp, clip, data, exercises, hessian, models, monitor, plot, theory, train, utils
+from . import (
+    activations,
+    amp,
+    clip,
+    data,
+    distributed,
+    exercises,
+    hessian,
+    models,
+    monitor,
+    plot,
+    theory,
+    train,
+    utils,
+)
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
-from .utils import get_device, seed_everything, show_source
+from .utils import get_device, seed_everything, setup_chapter, show_source
 
 __version__ = "0.1.0"
 __all__ = [
@@ -20,6 +35,7 @@ __all__ = [
     "NonFiniteError",
     "clip",
     "data",
+    "distributed",
     "exercises",
     "fit",
     "get_device",
@@ -29,6 +45,7 @@ __all__ = [
     "monitor",
     "plot",
     "seed_everything",
+    "setup_chapter",
     "show_source",
     "theory",
     "train",

@@ -5,7 +5,7 @@ models build, the function and its derivative in closed form (on tensors, and as
 for the Gaussian quadrature of the mean-field theory), the points where it is not smooth (where
 that quadrature splits its integral), the largest slope ``gamma = sup |phi'|`` of the spectral
 bound, and, for positively homogeneous activations, the constant ``c`` with
-``E[phi(sqrt(q) z)²] = E[phi'(sqrt(q) z)²] q / q = c q``.
+``E[phi(sqrt(q) z)²] = c q`` and ``E[phi'(sqrt(q) z)²] = c`` for ``z ~ N(0, 1)``.
 
 A new activation is one entry in :data:`ACTIVATIONS`; models, theory and exercises pick it up.
 Constants are PyTorch's defaults: leaky ReLU slope 0.01, ELU ``alpha = 1``, SELU's ``alpha`` and

@@ -139,9 +139,9 @@ def _layer_cases(n_cases: int, seed: int):
 
 
 def _layer_reference(w, b, x, activation):
-    from .theory import _apply
+    from .activations import apply
 
-    return torch.autograd.functional.jacobian(lambda v: _apply(activation, w @ v + b), x)
+    return torch.autograd.functional.jacobian(lambda v: apply(activation, w @ v + b), x)
 
 
 def check_layer_jacobian(fn: Callable, n_cases: int = 40, seed: int = 0) -> CheckResult:

@@ -1,0 +1,64 @@
+"""Closed-form results that the chapters derive; the tests compare each with a measurement.
+
+One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
+a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
+(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line) and
+:mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
+single-unit cliff). Every function that takes an ``activation`` accepts any name of
+:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
+"""
+
+from .jacobians import (
+    activation_derivative,
+    average_growth_factor,
+    jacobian_product,
+    layer_jacobians,
+    log_growth_rate,
+    log_growth_variance,
+    matrix_power_norms,
+    max_slope,
+    spectral_bound,
+    spectral_norm,
+    spectral_radius,
+)
+
+# The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
+from .mean_field import _chi1_callable as _chi1_callable
+from .mean_field import _q_star_callable as _q_star_callable
+from .mean_field import (
+    chi1,
+    critical_sigma_w,
+    depth_scale,
+    gaussian_expectation,
+    length_map,
+    q_star,
+)
+from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
+
+__all__ = [
+    # jacobians
+    "activation_derivative",
+    "max_slope",
+    "layer_jacobians",
+    "jacobian_product",
+    "spectral_norm",
+    "spectral_bound",
+    "average_growth_factor",
+    "log_growth_rate",
+    "log_growth_variance",
+    "matrix_power_norms",
+    "spectral_radius",
+    # mean_field
+    "gaussian_expectation",
+    "length_map",
+    "q_star",
+    "chi1",
+    "depth_scale",
+    "critical_sigma_w",
+    # recurrent
+    "bptt_jacobian",
+    "bptt_jacobian_norms",
+    "pascanu_bound",
+    "cliff_bias",
+    "cliff_gradient_norm",
+]

@@ -1,0 +1,120 @@
+"""Recurrent networks: the Jacobian of backpropagation through time, the bound of Pascanu et al.
+(2013) and the single-unit cliff (the chapter "Recurrent networks and the cliff")."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._validate import check_int, check_real, check_tensor
+from ..activations import get as get_activation
+from .jacobians import spectral_norm
+
+
+def _check_recurrence(W: torch.Tensor, preacts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    W = check_tensor("W", W, ndim=2).detach().double()
+    if W.shape[0] != W.shape[1]:
+        raise ValueError(f"W must be square, got shape {tuple(W.shape)}")
+    preacts = check_tensor("preacts", preacts, ndim=2).detach().double()
+    if preacts.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"preacts must have shape (T, {W.shape[0]}) to match W, got {tuple(preacts.shape)}"
+        )
+    return W, preacts
+
+
+def bptt_jacobian(W: torch.Tensor, preacts: torch.Tensor, activation: str, t: int = 0) -> torch.Tensor:
+    """``d h_T / d h_t = prod_{k=t+1}^{T} diag(phi'(a_k)) W`` (later factors on the left).
+
+    For the recurrence ``h_k = phi(a_k)``, ``a_k = W h_{k-1} + U x_k + b``, with
+    ``preacts`` holding ``a_1, ..., a_T`` as rows (shape ``T x n``) and ``phi`` any activation
+    of :data:`gradlab.activations.ACTIVATIONS`. ``t = T`` gives the identity. Returned as an
+    ``n x n`` float64 tensor.
+    """
+    W, preacts = _check_recurrence(W, preacts)
+    act = get_activation(activation)
+    T = preacts.shape[0]
+    t = check_int("t", t, minimum=0)
+    if t > T:
+        raise ValueError(f"t must be <= T = {T} (the number of rows of preacts), got {t}")
+    slopes = act.derivative(preacts)
+    jacobian = torch.eye(W.shape[0], dtype=torch.float64)
+    for k in range(t + 1, T + 1):  # a_k is row k - 1
+        jacobian = (slopes[k - 1][:, None] * W) @ jacobian
+    return jacobian
+
+
+def bptt_jacobian_norms(W: torch.Tensor, preacts: torch.Tensor, activation: str) -> torch.Tensor:
+    """``||d h_T / d h_{T-k}||_2`` for every lag ``k = 0, ..., T`` (a float64 tensor of T + 1).
+
+    The product is built from the end backwards,
+    ``d h_T / d h_{t-1} = (d h_T / d h_t) diag(phi'(a_t)) W``, so all lags cost ``T`` matrix
+    products. For ``activation="linear"`` every slope is 1 and the entries are ``||W^k||_2``.
+    """
+    W, preacts = _check_recurrence(W, preacts)
+    slopes = get_activation(activation).derivative(preacts)
+    jacobian = torch.eye(W.shape[0], dtype=torch.float64)
+    norms = [torch.linalg.matrix_norm(jacobian, ord=2)]
+    for k in range(preacts.shape[0], 0, -1):
+        jacobian = jacobian @ (slopes[k - 1][:, None] * W)
+        norms.append(torch.linalg.matrix_norm(jacobian, ord=2))
+    return torch.stack(norms)
+
+
+def pascanu_bound(W: torch.Tensor, activation: str, lag: int) -> float:
+    """``(gamma * lambda_1)^lag``: the upper bound on ``||d h_T / d h_{T-lag}||_2``
+    (Pascanu, Mikolov & Bengio 2013).
+
+    ``lambda_1 = ||W||_2`` is the largest singular value of ``W`` and
+    ``gamma = sup |phi'|`` (:func:`gradlab.theory.max_slope`); every factor
+    ``diag(phi'(a_k)) W`` has norm at most ``gamma * lambda_1``. Below 1 the bound forces the
+    gradient to vanish geometrically.
+    """
+    W = check_tensor("W", W, ndim=2)
+    if W.shape[0] != W.shape[1]:
+        raise ValueError(f"W must be square, got shape {tuple(W.shape)}")
+    gamma = get_activation(activation).max_slope
+    lag = check_int("lag", lag, minimum=0)
+    return (gamma * spectral_norm(W)) ** lag
+
+
+def _check_cliff(w: float, h0: float) -> tuple[float, float]:
+    w = check_real("w", w)
+    h0 = check_real("h0", h0)
+    if not -1.0 < h0 < 1.0:
+        raise ValueError(f"h0 must lie in (-1, 1), the range of tanh, got {h0}")
+    return w, h0
+
+
+def cliff_bias(w: float, h0: float) -> float:
+    """The bias ``b = atanh(h0) - w h0`` that makes ``h0`` a fixed point of
+    ``h -> tanh(w h + b)``.
+
+    With ``s = w (1 - h0^2) > 1`` this fixed point is unstable: started there, ``h_t`` stays at
+    ``h0`` for ever, while a slightly larger (smaller) ``b`` sends it to the upper (lower)
+    stable fixed point. So the line ``b = cliff_bias(w, h0)`` is the wall of the single-unit
+    network's loss surface.
+    """
+    w, h0 = _check_cliff(w, h0)
+    return math.atanh(h0) - w * h0
+
+
+def cliff_gradient_norm(w: float, h0: float, steps: int) -> float:
+    """``||d h_T / d(w, b)||`` on the wall ``b = cliff_bias(w, h0)``, with ``h_0 = h0``.
+
+    There ``h_t = h0`` for every ``t``, so each step of ``h_t = tanh(w h_{t-1} + b)`` has the
+    same slope ``c = 1 - h0^2`` and gain ``s = w c``. The sensitivities ``d_t = dh_t/db`` and
+    ``e_t = dh_t/dw`` start at ``d_0 = e_0 = 0`` and obey
+
+        d_t = c (1 + w d_{t-1}),        e_t = c (h0 + w e_{t-1}),
+
+    so ``e_t = h0 d_t``, ``dh_T/db = c (s^T - 1) / (s - 1)`` (``c T`` if ``s = 1``) and the
+    norm is ``sqrt(1 + h0^2) dh_T/db``.
+    """
+    w, h0 = _check_cliff(w, h0)
+    steps = check_int("steps", steps, minimum=0)
+    c = 1.0 - h0 * h0
+    s = w * c
+    geometric = float(steps) if s == 1.0 else (s**steps - 1.0) / (s - 1.0)
+    return math.sqrt(1.0 + h0 * h0) * c * geometric

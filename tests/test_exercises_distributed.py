@@ -1,0 +1,62 @@
+"""gradlab.exercises_distributed: the global-norm checker accepts a right answer, rejects the
+usual slips with a hint that names them, and reports the reader's errors."""
+
+import math
+
+import pytest
+import torch
+
+from gradlab.exercises_distributed import NORM_TYPES, _global_norm_cases, check_global_norm
+
+
+def right(local_norms, norm_type):
+    if math.isinf(norm_type):
+        return local_norms.max()
+    return (local_norms ** norm_type).sum() ** (1 / norm_type)
+
+
+def test_cases_are_sharded_vectors_with_their_local_norms():
+    cases = _global_norm_cases(12, seed=3)
+    assert {p for _, p, _ in cases} == set(NORM_TYPES)
+    assert any(float(local.min()) == 0.0 for local, _, _ in cases)  # some shard is empty
+    for local, p, v in cases:
+        assert float(right(local, p)) == pytest.approx(float(torch.linalg.vector_norm(v, p)), rel=1e-12)
+
+
+def test_right_answer_passes():
+    result = check_global_norm(right)
+    assert result.passed and result.cases == 40
+    assert check_global_norm(lambda n, p: float(right(n, p)), n_cases=8, seed=5).passed
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda n, p: n.sum(), "local norms were added"),
+    (lambda n, p: n.pow(2).sum().sqrt(), "2-norm rule"),
+    (lambda n, p: n.max(), "largest local norm"),
+    (lambda n, p: n.max() if math.isinf(p) else n.pow(p).sum(), "p-th root is missing"),
+    (lambda n, p: n.max() if math.isinf(p) else n.pow(p).mean().pow(1 / p), "mean"),
+])
+def test_slips_fail_with_a_hint(wrong, hint):
+    result = check_global_norm(wrong)
+    assert not result.passed
+    assert hint in result.message and "shards" in result.message
+
+
+def test_in_place_edits_do_not_change_the_reference():
+    def destructive(n, p):
+        out = right(n, p)
+        n.zero_()
+        return out
+
+    assert check_global_norm(destructive).passed
+
+
+def test_errors_are_reported():
+    assert "raised ZeroDivisionError" in check_global_norm(lambda n, p: 1 / 0).message
+    assert "returned str" in check_global_norm(lambda n, p: "x").message
+    with pytest.raises(TypeError, match="callable"):
+        check_global_norm(3)
+    with pytest.raises(ValueError, match="n_cases"):
+        check_global_norm(right, n_cases=0)
+    with pytest.raises(TypeError, match="seed"):
+        check_global_norm(right, seed=1.5)

@@ -1,0 +1,186 @@
+"""Tests for gradlab.theory.recurrent: BPTT Jacobians against autograd, the Pascanu bound,
+the single-unit cliff against autograd and simulation."""
+
+import math
+
+import pytest
+import torch
+
+from gradlab.activations import ACTIVATIONS
+from gradlab.models import VanillaRNN
+from gradlab.theory import (
+    bptt_jacobian,
+    bptt_jacobian_norms,
+    cliff_bias,
+    cliff_gradient_norm,
+    matrix_power_norms,
+    max_slope,
+    pascanu_bound,
+    spectral_norm,
+    spectral_radius,
+)
+
+NAMES = list(ACTIVATIONS)
+
+
+def _recurrence(activation, n=5, steps=12, scale=1.0, seed=0):
+    """A random recurrence in float64, differentiable through every state: returns W, the
+    preactivations a_1..a_T (rows) and the list of states h_0..h_T."""
+    phi = ACTIVATIONS[activation].fn
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, n, generator=g, dtype=torch.float64) * scale / n**0.5
+    drives = 0.5 * torch.randn(steps, n, generator=g, dtype=torch.float64)
+    hs = [torch.randn(n, generator=g, dtype=torch.float64).requires_grad_(True)]
+    preacts = []
+    for c in drives:
+        a = W @ hs[-1] + c
+        preacts.append(a)
+        hs.append(phi(a))
+    return W, torch.stack(preacts).detach(), hs
+
+
+def _autograd_jacobians(hs):
+    """d h_T / d h_t for every t = 0..T-1, by one backward pass per output unit."""
+    n = hs[-1].shape[0]
+    rows = [torch.autograd.grad(hs[-1][i], hs[:-1], retain_graph=True) for i in range(n)]
+    return [torch.stack([r[t] for r in rows]) for t in range(len(hs) - 1)]
+
+
+@pytest.mark.parametrize("activation", NAMES)
+def test_bptt_jacobian_matches_autograd(activation):
+    for seed in range(3):
+        W, preacts, hs = _recurrence(activation, seed=seed, scale=1.5)
+        measured = _autograd_jacobians(hs)
+        T = preacts.shape[0]
+        for t in range(T):
+            torch.testing.assert_close(
+                bptt_jacobian(W, preacts, activation, t), measured[t], rtol=1e-10, atol=1e-12
+            )
+        torch.testing.assert_close(bptt_jacobian(W, preacts, activation, T),
+                                   torch.eye(W.shape[0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("activation", NAMES)
+def test_bptt_jacobian_norms_match_autograd(activation):
+    W, preacts, hs = _recurrence(activation, n=6, steps=30, scale=1.2, seed=1)
+    measured = _autograd_jacobians(hs)
+    norms = bptt_jacobian_norms(W, preacts, activation)
+    assert norms.shape == (31,) and norms[0] == 1.0
+    expected = torch.stack([torch.linalg.matrix_norm(j, ord=2) for j in measured[::-1]])
+    torch.testing.assert_close(norms[1:], expected, rtol=1e-9, atol=1e-14)
+
+
+def test_bptt_jacobian_norms_linear_are_matrix_powers():
+    W, preacts, _ = _recurrence("linear", n=7, steps=25, scale=1.1, seed=2)
+    torch.testing.assert_close(bptt_jacobian_norms(W, preacts, "linear"), matrix_power_norms(W, 25))
+
+
+def test_linear_growth_rate_is_spectral_radius():
+    # Gelfand: ||W^k||^(1/k) -> rho(W). The ratio over lags 100..200 is within 1% of rho for a
+    # 32 x 32 Gaussian W (the next eigenvalue modulus is well below rho at this size).
+    torch.manual_seed(0)
+    for rho in (0.8, 1.0, 1.2):
+        model = VanillaRNN(1, 32, activation="linear", spectral_radius=rho)
+        W = model.W.detach().double()
+        norms = bptt_jacobian_norms(W, torch.zeros(200, 32), "linear")
+        rate = float(norms[200] / norms[100]) ** (1 / 100)
+        assert abs(rate - spectral_radius(W)) < 0.01 * rho
+
+
+@pytest.mark.parametrize("activation", NAMES)
+def test_pascanu_bound_holds(activation):
+    for seed in range(4):
+        W, preacts, _ = _recurrence(activation, n=6, steps=40, scale=0.5 + seed, seed=seed)
+        norms = bptt_jacobian_norms(W, preacts, activation)
+        for lag in range(41):
+            assert norms[lag] <= pascanu_bound(W, activation, lag) * (1 + 1e-9)
+        gamma_lambda = max_slope(activation) * spectral_norm(W)
+        assert pascanu_bound(W, activation, 7) == gamma_lambda**7
+
+
+def test_pascanu_bound_is_tight_for_orthogonal_linear():
+    # A scaled orthogonal W with linear activation meets the bound with equality.
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    norms = bptt_jacobian_norms(1.1 * q, torch.zeros(20, 8), "linear")
+    bound = torch.tensor([pascanu_bound(1.1 * q, "linear", k) for k in range(21)], dtype=torch.float64)
+    torch.testing.assert_close(norms, bound, rtol=1e-10, atol=0)
+
+
+def test_vanishing_when_gamma_lambda_below_one():
+    # The sufficient condition: lambda_1 < 1/gamma forces geometric decay at least that fast.
+    W, preacts, _ = _recurrence("sigmoid", n=6, steps=60, scale=2.0, seed=3)
+    gl1 = max_slope("sigmoid") * spectral_norm(W)
+    assert spectral_norm(W) > 1 and gl1 < 1  # sigmoid: gamma = 1/4 allows lambda_1 up to 4
+    norms = bptt_jacobian_norms(W, preacts, "sigmoid")
+    assert norms[60] <= gl1**60
+    assert norms[60] < 1e-6
+    assert torch.all(norms[1:] <= norms[:-1] * (1 + 1e-12))  # each factor has norm < 1
+
+
+def _single_unit(w, b, h0, steps):
+    h = torch.as_tensor(h0, dtype=torch.float64)
+    for _ in range(steps):
+        h = torch.tanh(w * h + b)
+    return h
+
+
+def test_cliff_bias_is_an_unstable_fixed_point():
+    # On the wall h_t stays at h0; 1e-3 to either side it leaves for the two stable fixed points.
+    # Tolerance: rounding (1e-16) grows like s^T = 1.5^50 ~ 6e8 over the run.
+    h0, T = 0.5, 50
+    for w in (1.5, 2.0):  # s = w (1 - h0^2) <= 1.5; at w = 3 rounding would grow to O(1)
+        b = cliff_bias(w, h0)
+        assert abs(float(_single_unit(w, b, h0, T)) - h0) < 1e-6
+        assert float(_single_unit(w, b + 1e-3, h0, T)) > h0 + 0.1  # upper fixed point
+        assert float(_single_unit(w, b - 1e-3, h0, T)) < -0.5  # lower fixed point
+
+
+def test_cliff_gradient_norm_matches_autograd():
+    for w, h0, T in ((1.5, 0.5, 50), (2.0, 0.5, 50), (1.0, 0.3, 20), (4 / 3, 0.5, 30), (0.8, -0.2, 10)):
+        wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+        bt = torch.tensor(cliff_bias(w, h0), dtype=torch.float64, requires_grad=True)
+        gw, gb = torch.autograd.grad(_single_unit(wt, bt, h0, T), [wt, bt])
+        measured = math.hypot(float(gw), float(gb))
+        assert math.isclose(cliff_gradient_norm(w, h0, T), measured, rel_tol=1e-6)
+
+
+def test_cliff_sensitivities_follow_the_documented_recurrences():
+    # d_t = c (1 + w d_{t-1}) for b and e_t = c (h0 + w e_{t-1}) for w, so e_t = h0 d_t:
+    # each step's autograd gradient against the recurrences run by hand.
+    w, h0 = 1.7, 0.4
+    c = 1 - h0 * h0
+    d = e = 0.0
+    for T in range(1, 25):
+        d, e = c * (1 + w * d), c * (h0 + w * e)
+        wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+        bt = torch.tensor(cliff_bias(w, h0), dtype=torch.float64, requires_grad=True)
+        gw, gb = torch.autograd.grad(_single_unit(wt, bt, h0, T), [wt, bt])
+        assert math.isclose(float(gb), d, rel_tol=1e-9) and math.isclose(float(gw), e, rel_tol=1e-9)
+        assert math.isclose(e, h0 * d, rel_tol=1e-12)
+        assert math.isclose(cliff_gradient_norm(w, h0, T), math.hypot(d, e), rel_tol=1e-12)
+
+
+W3 = torch.eye(3)
+BAD_INPUTS = [
+    (ValueError, "W", lambda: bptt_jacobian_norms(torch.ones(3, 4), torch.zeros(5, 3), "tanh")),
+    (ValueError, "preacts", lambda: bptt_jacobian_norms(W3, torch.zeros(5, 4), "tanh")),
+    (ValueError, "preacts", lambda: bptt_jacobian(W3, torch.zeros(5), "tanh")),
+    (TypeError, "W", lambda: bptt_jacobian([[1.0]], torch.zeros(5, 1), "tanh")),
+    (ValueError, "activation", lambda: bptt_jacobian_norms(W3, torch.zeros(5, 3), "softplus")),
+    (ValueError, "activation", lambda: bptt_jacobian(W3, torch.zeros(5, 3), "swish")),
+    (ValueError, "t", lambda: bptt_jacobian(W3, torch.zeros(5, 3), "tanh", t=6)),
+    (TypeError, "t", lambda: bptt_jacobian(W3, torch.zeros(5, 3), "tanh", t=1.0)),
+    (ValueError, "lag", lambda: pascanu_bound(W3, "tanh", -1)),
+    (ValueError, "W", lambda: pascanu_bound(torch.ones(2, 3), "tanh", 2)),
+    (ValueError, "activation", lambda: pascanu_bound(W3, "softplus", 2)),
+    (ValueError, "h0", lambda: cliff_bias(2.0, 1.0)),
+    (TypeError, "w", lambda: cliff_bias("2", 0.5)),
+    (ValueError, "steps", lambda: cliff_gradient_norm(2.0, 0.5, -1)),
+    (ValueError, "h0", lambda: cliff_gradient_norm(2.0, -1.5, 10)),
+]
+
+
+@pytest.mark.parametrize("error, name, call", BAD_INPUTS)
+def test_bad_inputs_raise_and_name_the_argument(error, name, call):
+    with pytest.raises(error, match=name):
+        call()
