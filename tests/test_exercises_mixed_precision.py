@@ -1,5 +1,5 @@
-"""Tests for gradlab.exercises_mixed_precision: check_update_scale accepts torch's rule (and
-LossScaler's) and explains the usual mistakes."""
+"""gradlab.exercises.mixed_precision: check_update_scale accepts torch's rule (and LossScaler's),
+rejects the usual slips with a hint that names them, and reports the reader's errors."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gradlab.amp import LossScaler
-from gradlab.exercises_mixed_precision import check_update_scale
+from gradlab.exercises.mixed_precision import UPDATE_SCALE_SLIPS, _update_case, check_update_scale
 
 FLT32_MAX = torch.finfo(torch.float32).max
 
@@ -17,7 +17,7 @@ def _float32(v):
     return torch.tensor(v, dtype=torch.float32).item()
 
 
-def correct(scale, tracker, found_inf, growth, backoff, interval):
+def right(scale, tracker, found_inf, growth, backoff, interval):
     if found_inf:
         return _float32(scale * backoff), 0
     if tracker + 1 == interval:
@@ -38,43 +38,61 @@ def via_loss_scaler(scale, tracker, found_inf, growth, backoff, interval):
     return scaler.get_scale(), scaler.state_dict()["_growth_tracker"]
 
 
-def test_accepts_the_rule_and_loss_scaler():
-    result = check_update_scale(correct)
-    assert result.passed and result.cases == 60 and "match" in str(result)
+def test_cases_cover_every_branch_of_the_rule():
+    g = torch.Generator().manual_seed(0)
+    cases = [_update_case(g, i) for i in range(20)]
+    assert any(c.args[2] for c in cases)  # an inf/NaN found
+    growth = [c for c in cases if not c.args[2] and c.args[1] + 1 == c.args[5]]
+    assert any(c.expected["the new scale"] > c.args[0] for c in growth)  # grown
+    assert any(c.expected["the new scale"] == c.args[0] for c in growth)  # growth past float32 refused
+    assert any(not c.args[2] and c.args[1] + 1 < c.args[5] for c in cases)  # an ordinary step
+    for c in cases:
+        assert right(*c.args) == (c.expected["the new scale"], c.expected["the new growth tracker"])
+
+
+def test_accepts_the_rule_loss_scaler_and_tensors():
+    result = check_update_scale(right)
+    assert result.passed and result.cases == 60 and "torch's update rule" in str(result)
     assert check_update_scale(via_loss_scaler, n_cases=25, seed=3)
-
-
-def test_returns_of_tensors_are_accepted():
-    result = check_update_scale(lambda *a: (torch.tensor(correct(*a)[0]), torch.tensor(correct(*a)[1])))
-    assert result.passed, result.message
+    as_tensors = check_update_scale(lambda *a: tuple(torch.tensor(v) for v in right(*a)), n_cases=20)
+    assert as_tensors.passed, as_tensors.message
 
 
 @pytest.mark.parametrize(
-    "wrong, words",
+    "wrong, hint",
     [
-        (lambda s, t, f, g, b, n: (s * b, 0) if f else (((s * g if s * g < FLT32_MAX else s), 0)
-                                                         if t + 1 == n else (s, t + 1)),
-         "round the new scale to float32"),
         (lambda s, t, f, g, b, n: (s * b, 0) if f else ((s * g, 0) if t + 1 == n else (s, t + 1)),
-         "overflow float32"),
-        (lambda s, t, f, g, b, n: correct(s, t, f, g, b, n) if f or t + 1 != n else (_float32(s * g), 0),
-         "not grown"),
-        (lambda s, t, f, g, b, n: (_float32(s * b), t) if f else correct(s, t, f, g, b, n),
-         "resets the growth tracker"),
-        (lambda s, t, f, g, b, n: correct(s, t, f, g, b, n) if f or t + 1 == n else (s, t),
-         "adds 1 to the tracker"),
-        (lambda s, t, f, g, b, n: (s, t), "expected"),
-        (lambda *a: 1.0, "return a pair"),
-        (lambda *a: 1 / 0, "raised ZeroDivisionError"),
+         "not rounded to float32"),
+        (lambda s, t, f, g, b, n: right(s, t, f, g, b, n) if f or t + 1 != n else (_float32(s * g), 0),
+         "grew to inf"),
+        (lambda s, t, f, g, b, n: (_float32(s * b), t) if f else right(s, t, f, g, b, n),
+         "kept after an inf/NaN"),
+        (lambda s, t, f, g, b, n: right(s, t, f, g, b, n) if f or t + 1 != n else (s, t + 1),
+         "compared before counting"),
+        (lambda s, t, f, g, b, n: right(s, t, f, g, b, n) if f or t + 1 != n
+         else (right(s, t, f, g, b, n)[0], n),
+         "not reset after a growth"),
     ],
-    ids=["no-float32-rounding", "grows-past-float32", "grows-to-inf", "tracker-kept-on-inf",
-         "tracker-not-counted", "no-op", "not-a-pair", "raises"],
+    ids=["no-float32-rounding", "grows-to-inf", "tracker-kept-on-inf", "tracker-not-counted",
+         "tracker-not-reset"],
 )
-def test_explains_mistakes(wrong, words):
+def test_slips_fail_with_a_hint(wrong, hint):
     result = check_update_scale(wrong)
-    assert not result.passed and words in result.message, result.message
+    assert not result.passed and hint in result.message, result.message
+    assert "growth_interval=" in result.message  # the failing case is named
 
 
-def test_rejects_a_non_callable():
+def test_the_wrong_solutions_cover_the_slip_table():
+    hints = ["not rounded to float32", "grew to inf", "kept after an inf/NaN", "compared before counting",
+             "not reset after a growth"]
+    assert all(any(h in slip for h in hints) for slip in UPDATE_SCALE_SLIPS)
+
+
+def test_errors_are_reported():
+    assert "raised ZeroDivisionError" in check_update_scale(lambda *a: 1 / 0).message
+    assert "return the pair" in check_update_scale(lambda *a: 1.0).message
+    assert not check_update_scale(lambda s, t, *rest: (s, t))  # a no-op
     with pytest.raises(TypeError, match="callable"):
         check_update_scale(3)
+    with pytest.raises(ValueError, match="n_cases"):
+        check_update_scale(right, n_cases=0)
