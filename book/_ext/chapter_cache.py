@@ -10,8 +10,9 @@ cache in ``_build/.jupyter_cache``, so a chapter is executed only when
   different one empties the cache, because any chapter may call the changed code;
 * or the cache is gone (a fresh clone, ``make clean``, ``make book FORCE=1``).
 
-Stale chapters are executed in a pool of processes (one kernel each; ``GRADLAB_JOBS`` sets the
-pool size, default: the number of CPUs), and only the parent process writes to the cache.
+Stale chapters are executed in a pool of processes (one kernel each, one thread per kernel;
+``GRADLAB_JOBS`` sets the pool size, default: the number of CPUs), and only the parent process
+writes to the cache.
 
 As a Sphinx extension (listed in ``_config.yml``) it marks chapters without a valid cache
 record as outdated, so Sphinx re-reads them, and executes them before Sphinx reads them;
@@ -94,6 +95,15 @@ def read_chapter(path: Path, md_config: MdParserConfig | None = None) -> nbforma
     )
 
 
+def is_cached(cache: JupyterCacheAbstract, nb: nbformat.NotebookNode) -> bool:
+    """True when the cache holds a successful execution of this code (a database look-up)."""
+    try:
+        cache.match_cache_notebook(nb)
+    except KeyError:
+        return False
+    return True
+
+
 def cached(cache: JupyterCacheAbstract, nb: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
     """The executed notebook stored for this code, or None."""
     try:
@@ -132,14 +142,16 @@ def _failure_report(path: Path, nb: nbformat.NotebookNode, err: BaseException) -
 
 
 def _execute_one(
-    path: str, nb: nbformat.NotebookNode, timeout: int, threads: int
+    path: str, nb: nbformat.NotebookNode, timeout: int
 ) -> tuple[nbformat.NotebookNode, float, str | None]:
     # Runs in a worker process. The kernel inherits this environment: kernels side by side must
     # share the CPUs (OpenMP threads that outnumber the cores spin and slow everything down
-    # several-fold). A thread count the caller set in the environment wins. The kernel's working
-    # directory is the chapter's folder, as in myst-nb (execute.run_in_temp is false).
+    # several-fold), and one thread per kernel, however many chapters run, keeps a chapter's
+    # numbers independent of how many others were stale (a chapter may still set its own).
+    # A thread count set in the caller's environment wins. The kernel's working directory is
+    # the chapter's folder, as in myst-nb (execute.run_in_temp is false).
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(name, str(threads))
+        os.environ.setdefault(name, "1")
     result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=timeout, allow_errors=False)
     error = _failure_report(Path(path), result.nb, result.err) if result.err is not None else None
     return result.nb, result.time, error
@@ -162,15 +174,14 @@ def execute(
         return []
     jobs = jobs or int(os.environ.get("GRADLAB_JOBS", 0)) or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(notebooks)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    progress(f"executing {len(notebooks)} chapter(s) in {jobs} process(es), {threads} thread(s) each: "
+    progress(f"executing {len(notebooks)} chapter(s) in {jobs} process(es): "
              + ", ".join(p.stem for p in notebooks))
     results = []
     start = time.perf_counter()
     # spawn, not fork: the parent (Sphinx, pytest) may hold threads and ZeroMQ state.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {
-            pool.submit(_execute_one, str(path), nb, timeout, threads): path for path, nb in notebooks.items()
+            pool.submit(_execute_one, str(path), nb, timeout): path for path, nb in notebooks.items()
         }
         for future in as_completed(futures):
             path = futures[future]
@@ -208,10 +219,10 @@ def ensure_executed(
     for path in paths:
         path = Path(path).resolve()
         nb = read_chapter(path, md_config)
-        if cached(cache, nb) is None:
-            stale[path] = nb
-        else:
+        if is_cached(cache, nb):
             results[path] = Result(path)
+        else:
+            stale[path] = nb
     for result in execute(stale, cache, jobs=jobs, timeout=timeout, progress=progress):
         results[result.path] = result
     return [results[Path(p).resolve()] for p in paths]
@@ -255,7 +266,7 @@ def _outdated(app, env, added, changed, removed) -> list[str]:
     return [
         docname
         for docname, path in _chapter_docs(app, env, env.found_docs - added - changed).items()
-        if cached(cache, read_chapter(path, env.myst_config)) is None
+        if not is_cached(cache, read_chapter(path, env.myst_config))
     ]
 
 
@@ -264,16 +275,17 @@ def _execute_before_reading(app, env, docnames) -> None:
         return
     from sphinx.errors import ExtensionError
 
-    logger = _sphinx_logger()
-    cache_path = Path(env.mystnb_config.execution_cache_path)
-    cache = open_cache(cache_path, Path(app.srcdir))
+    chapters = _chapter_docs(app, env, docnames)
+    if not chapters:
+        return
+    cache = open_cache(Path(env.mystnb_config.execution_cache_path), Path(app.srcdir))
     stale = {}
-    for path in _chapter_docs(app, env, docnames).values():
+    for path in chapters.values():
         nb = read_chapter(path, env.myst_config)
-        if cached(cache, nb) is None:
+        if not is_cached(cache, nb):
             stale[path] = nb
     results = execute(stale, cache, timeout=env.mystnb_config.execution_timeout or TIMEOUT,
-                      progress=logger.info)
+                      progress=_sphinx_logger().info)
     failed = [r for r in results if not r.ok]
     if failed:
         raise ExtensionError(
