@@ -27,11 +27,14 @@ class ChapterFailed(Exception):
 def _results(session: pytest.Session) -> dict:
     """Execute every stale collected chapter once (in parallel) and return the results by path."""
     if _RESULTS not in session.stash:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        plugins = session.config.pluginmanager
+        reporter = plugins.get_plugin("terminalreporter")
         paths = [item.path for item in session.items if isinstance(item, ChapterItem)]
-        results = chapter_cache.ensure_executed(
-            paths, progress=(lambda line: reporter.write_line(line)) if reporter else (lambda line: None)
-        )
+        # Show the progress of executions (minutes, when the cache is cold) as it happens.
+        with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
+            results = chapter_cache.ensure_executed(
+                paths, progress=(lambda line: reporter.write_line(line)) if reporter else (lambda line: None)
+            )
         session.stash[_RESULTS] = {result.path: result for result in results}
     return session.stash[_RESULTS]
 

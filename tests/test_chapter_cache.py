@@ -128,8 +128,8 @@ def test_a_failure_names_the_chapter_the_cell_its_line_and_the_error(executed):
     text = executed["bad"].read_text().splitlines()
     line = next(i for i, row in enumerate(text, start=1) if row.startswith("```{code-cell}") and
                 "math" in text[i])
-    assert report.startswith(f"{executed['bad'].resolve()}: code cell 2 (line {line}): CellExecutionError\n")
-    assert "ValueError: math domain error" in report
+    headline = f"{executed['bad'].resolve()}: code cell 2 (line {line}): ValueError: math domain error\n"
+    assert report.startswith(headline)
     assert "z = math.sqrt(-y)" in report
     assert "\x1b[" not in report  # no ANSI colours
 

@@ -127,7 +127,8 @@ class Result:
 
 
 def _failure_report(path: Path, nb: nbformat.NotebookNode, err: BaseException) -> str:
-    """``<chapter>: code cell <n> (line <l>): <error>`` and the cell with its traceback."""
+    """``<chapter>: code cell <n> (line <l>): <exception>: <message>``, then the cell and its
+    traceback (the line is that of the cell's opening fence in the ``.md`` file)."""
     source_map = nb.metadata.get("source_map") or []
     where = "no cell recorded an error"  # e.g. a timeout: the message below names the cell
     for index, cell in enumerate(nb.cells):
@@ -138,7 +139,9 @@ def _failure_report(path: Path, nb: nbformat.NotebookNode, err: BaseException) -
             where = f"code cell {number}{line}"
             break
     name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-    return f"{name}: {where}: {type(err).__name__}\n{_ANSI.sub('', str(err)).strip()}"
+    # nbclient's CellExecutionError carries the exception raised in the kernel as ename/evalue.
+    error = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', '')}".rstrip(": ")
+    return f"{name}: {where}: {error}\n{_ANSI.sub('', str(err)).strip()}"
 
 
 def _execute_one(
