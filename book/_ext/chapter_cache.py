@@ -126,11 +126,16 @@ class Result:
         return self.error is None
 
 
+def _shown(path: Path) -> Path:
+    """``book/x.md`` for a chapter of this repository, the full path otherwise."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def _failure_report(path: Path, nb: nbformat.NotebookNode, err: BaseException) -> str:
     """``<chapter>: code cell <n> (line <l>): <exception>: <message>``, then the cell and its
     traceback (the line is that of the cell's opening fence in the ``.md`` file)."""
     source_map = nb.metadata.get("source_map") or []
-    where = "no cell recorded an error"  # e.g. a timeout: the message below names the cell
+    where = "execution stopped"  # no cell recorded an error (a timeout): the message shows the cell
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "code" and any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
             number = sum(c.cell_type == "code" for c in nb.cells[: index + 1])
@@ -138,7 +143,7 @@ def _failure_report(path: Path, nb: nbformat.NotebookNode, err: BaseException) -
             line = f" (line {source_map[index]})" if index < len(source_map) else ""
             where = f"code cell {number}{line}"
             break
-    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    name = _shown(path)
     # nbclient's CellExecutionError carries the exception raised in the kernel as ename/evalue.
     error = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', '')}".rstrip(": ")
     return f"{name}: {where}: {error}\n{_ANSI.sub('', str(err)).strip()}"
@@ -191,7 +196,7 @@ def execute(
             try:
                 executed, seconds, error = future.result()
             except Exception as exc:  # a worker that died (out of memory, a kernel that did not start)
-                executed, seconds, error = None, None, f"{path.name}: {type(exc).__name__}: {exc}"
+                executed, seconds, error = None, None, f"{_shown(path)}: {type(exc).__name__}: {exc}"
             if error is None:
                 cache.cache_notebook_bundle(
                     CacheBundleIn(executed, str(path), data={"execution_seconds": seconds}),
