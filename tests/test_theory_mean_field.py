@@ -675,16 +675,39 @@ def test_unstable_fixed_points_of_gelu_and_silu():
 
 
 def test_selu_gradients_grow_like_chi1_to_the_depth():
-    """SELU at (sigma_w, sigma_b) = (1, 0), width 256, 5 networks: ||delta_1||² / ||delta_L||²
-    against chi_1^(L-1) = 29.6 (L = 50) and 938 (L = 100). Measured in the chapter: 30.3 +- 2.2 and
-    929 +- 85 (standard errors); asserted within 3 standard errors and 25%."""
+    """The chapter's 12 SELU networks at (sigma_w, sigma_b) = (1, 0), width 256: the mean of
+    ||delta_1||² / ||delta_L||² against chi_1^(L-1) = 29.6 (L = 50) and 938 (L = 100). Measured:
+    29.4 +- 1.8 and 1042 +- 69 (standard errors); asserted within 3 standard errors and 20%."""
     chi = theory.chi1("selu", 1.0, 0.0)
     for depth in (50, 100):
-        first = _squared_gradient_ratios("selu", 1.0, depth, seeds=5)[:, 0]
+        first = _squared_gradient_ratios("selu", 1.0, depth, seeds=12)[:, 0]
         predicted = chi ** (depth - 1)
         se = first.std(ddof=1) / math.sqrt(len(first))
         assert abs(first.mean() - predicted) < 3 * se, (depth, first.mean(), se, predicted)
-        assert abs(first.mean() / predicted - 1) < 0.25
+        assert abs(first.mean() / predicted - 1) < 0.2
+
+
+def _excess_per_layer(first, depth, chi):
+    """(mean ratio)^(1/(L-1)) / chi_1 - 1 and its standard error (delta method)."""
+    mean, se = first.mean(), first.std(ddof=1) / math.sqrt(len(first))
+    factor = mean ** (1 / (depth - 1))
+    return factor / chi - 1, factor * se / mean / (depth - 1) / chi
+
+
+def test_selu_finite_width_excess_shrinks_with_width():
+    """chi_1 is the infinite-width limit. At depth 50 the per-layer factor implied by the mean
+    ratio exceeds it by a finite-width excess: the chapter measures +0.97 +- 0.30% at width 64 and
+    +0.55 +- 0.15% at width 128 (16 networks each). At width 256, 120 networks resolve it:
+    +0.23 +- 0.04% here, a mean ratio of 33.1 against 29.6 (an independent plain-torch run of 120
+    other networks gave +0.22 +- 0.04%). Asserted: the excess at 64 and 128 is at least 2.5 standard
+    errors above 0, and at 256 lies between 0.1% and 0.35%."""
+    chi = theory.chi1("selu", 1.0, 0.0)
+    for width in (64, 128):
+        excess, se = _excess_per_layer(_squared_gradient_ratios("selu", 1.0, 50, width=width, seeds=16)[:, 0],
+                                       50, chi)
+        assert excess > 2.5 * se, (width, excess, se)
+    excess, se = _excess_per_layer(_squared_gradient_ratios("selu", 1.0, 50, seeds=120)[:, 0], 50, chi)
+    assert 0.001 < excess < 0.0035, (excess, se)
 
 
 @pytest.mark.parametrize("name", ["relu", "tanh"])
