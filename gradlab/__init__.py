@@ -1,14 +1,15 @@
 """gradlab: the tested code behind the executable textbook on exploding gradients.
 
-Modules: ``activations`` (the one activation registry), ``models`` (networks with
-init/activation/depth knobs), ``monitor`` (per-layer gradient statistics), ``theory``
-(closed-form results), ``distributed`` (clipping and NaN checks across processes), ``plot``
-(the book's figures), ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding,
-device, source).
+Modules: ``activations`` (the one activation registry), ``amp`` (16-bit casts, dynamic loss
+scaling), ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
+gradient statistics), ``theory`` (closed-form results), ``distributed`` (clipping and NaN checks
+across processes), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's
+solutions), ``utils`` (seeding, the thread policy, device, source).
 """
 
 from . import (
     activations,
+    amp,
     clip,
     data,
     distributed,
@@ -24,12 +25,13 @@ from . import (
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
-from .utils import get_device, seed_everything, show_source
+from .utils import get_device, seed_everything, setup_chapter, show_source
 
 __version__ = "0.1.0"
 __all__ = [
     "GradientMonitor",
     "activations",
+    "amp",
     "NonFiniteError",
     "clip",
     "data",
@@ -43,6 +45,7 @@ __all__ = [
     "monitor",
     "plot",
     "seed_everything",
+    "setup_chapter",
     "show_source",
     "theory",
     "train",

@@ -1,4 +1,5 @@
-"""Synthetic sequence tasks with long time lags, generated on the fly.
+"""Synthetic data sets, generated on the fly: a teacher regression task for the feed-forward
+chapters and two sequence tasks with long time lags for the recurrent ones.
 
 Each generator draws from its own ``torch.Generator`` seeded with ``seed``, so the same
 arguments always give the same tensors and the global random state is left untouched.
@@ -6,9 +7,75 @@ arguments always give the same tensors and the global random state is left untou
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ._validate import check_int
+from ._validate import check_choice, check_int, check_real
+from .models import mlp
+from .utils import seeded
+
+TEACHER_KINDS: tuple[str, ...] = ("sine", "mlp", "linear")
+"""The target functions of :func:`teacher_regression`."""
+
+TEACHER_DEPTH, TEACHER_WIDTH = 3, 32
+"""Layers and width of the tanh teacher network of ``teacher_regression(kind="mlp")``."""
+
+SINE_FREQUENCY = 2.0
+"""The ``2`` in ``y = sin(2 w·x / sqrt(d))``: the target varies on the scale of the inputs."""
+
+
+def teacher_regression(
+    n: int, in_features: int, *, kind: str = "sine", noise: float = 0.0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A regression task whose targets a fixed random "teacher" computes from Gaussian inputs.
+
+    The inputs are ``x ~ N(0, I_d)`` with ``d = in_features``. The clean target ``f(x)`` is
+
+    - ``kind="sine"``:   ``sin(2 w·x / sqrt(d))`` with ``w ~ N(0, I_d)``; ``w·x / sqrt(d)`` has
+      variance ``s = |w|²/d`` (1 on average over teachers), so ``Var f = (1 - exp(-8 s)) / 2``,
+      0.49 to 0.5 for ``s`` from 0.5 up;
+    - ``kind="mlp"``:    a random tanh network ``gl.mlp(3, 32, in_features=d, out_features=1,
+      activation="tanh")`` (He init), its outputs then standardized over the ``n`` examples to
+      sample mean 0 and sample variance 1 (so a constant predictor has loss about 1);
+    - ``kind="linear"``: ``w·x / sqrt(d)`` with ``w ~ N(0, I_d)``; variance ``s = |w|²/d``, which
+      is 1 on average over teachers and spreads by ``sqrt(2/d)`` around it.
+
+    and ``y = f(x) + noise * eps`` with ``eps ~ N(0, 1)``, so the best possible mean squared
+    error is ``noise²``. The teacher (``w`` or the network) depends on ``seed`` only, and
+    ``noise`` is drawn last, so changing ``noise`` leaves ``x`` and ``f(x)`` as they were.
+
+    ``teacher_regression(n, d, kind="sine", seed=s)`` draws ``x`` then ``w`` from one
+    generator seeded with ``s``: it equals ``x = torch.randn(n, d, generator=g)``,
+    ``w = torch.randn(d, generator=g)``, ``y = sin(2 x @ w / sqrt(d))``.
+
+    Returns:
+        ``(x, y)``: float32 tensors of shapes ``(n, in_features)`` and ``(n, 1)``.
+    """
+    n = check_int("n", n, minimum=1)
+    in_features = check_int("in_features", in_features, minimum=1)
+    kind = check_choice("kind", kind, TEACHER_KINDS)
+    noise = check_real("noise", noise, minimum=0.0)
+    seed = check_int("seed", seed, minimum=0)
+    if kind == "mlp" and n < 2:
+        raise ValueError(f"n must be >= 2 for kind='mlp' (targets are standardized over n), got {n}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_features, generator=g)
+    if kind == "mlp":
+        # The network draws its weights from the global generator: seed it, locally, from g.
+        teacher_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        with seeded(teacher_seed), torch.no_grad():
+            teacher = mlp(TEACHER_DEPTH, TEACHER_WIDTH, in_features=in_features, out_features=1,
+                          activation="tanh")
+            y = teacher(x)
+        y = (y - y.mean()) / y.std()
+    else:
+        w = torch.randn(in_features, generator=g)
+        z = x @ w / math.sqrt(in_features)
+        y = (torch.sin(SINE_FREQUENCY * z) if kind == "sine" else z).unsqueeze(1)
+    if noise > 0:
+        y = y + noise * torch.randn(n, 1, generator=g)
+    return x, y
 
 TEMPORAL_ORDER_SYMBOLS: tuple[str, ...] = ("a", "b", "c", "d", "X", "Y", "E", "B")
 """Symbols of :func:`temporal_order`, in the order of the one-hot channels."""

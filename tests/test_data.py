@@ -1,15 +1,21 @@
 """Tests for gradlab.data."""
 
+import math
+
 import pytest
 import torch
 
 from gradlab.data import (
+    TEACHER_KINDS,
     TEMPORAL_ORDER_CLASSES,
     TEMPORAL_ORDER_MIN_LEN,
     TEMPORAL_ORDER_SYMBOLS,
     adding_problem,
+    teacher_regression,
     temporal_order,
 )
+from gradlab.models import mlp
+from gradlab.utils import seeded
 
 # ---------------------------------------------------------------------------------------------
 # adding_problem
@@ -59,21 +65,28 @@ def test_adding_statistics():
     assert abs(float(y.var()) - 1 / 6) < 0.01
 
 
-@pytest.mark.parametrize("make", [adding_problem, temporal_order])
+def _teacher(kind):
+    return lambda n, d, seed: teacher_regression(n, d, kind=kind, noise=0.1, seed=seed)
+
+
+_MAKERS = [adding_problem, temporal_order] + [_teacher(kind) for kind in TEACHER_KINDS]
+
+
+@pytest.mark.parametrize("make", _MAKERS)
 def test_deterministic_and_seed_dependent(make):
     a = make(20, 30, seed=7)
     b = make(20, 30, seed=7)
     c = make(20, 30, seed=8)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[0], c[0])
+    assert not torch.equal(a[0], c[0]) and not torch.equal(a[1], c[1])
 
 
-def test_adding_leaves_global_rng_alone():
+def test_generators_leave_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
-    adding_problem(10, 20, seed=0)
-    temporal_order(10, 20, seed=0)
+    for make in _MAKERS:
+        make(10, 20, seed=0)
     assert torch.equal(torch.rand(3), before)
 
 
@@ -168,3 +181,109 @@ def test_temporal_order_distractors_uniform():
 def test_temporal_order_bad_inputs(kwargs, error, name):
     with pytest.raises(error, match=name):
         temporal_order(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher_regression
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", TEACHER_KINDS)
+@pytest.mark.parametrize(("n", "d"), [(2, 1), (7, 5), (128, 16)])
+def test_teacher_shapes_and_dtypes(kind, n, d):
+    x, y = teacher_regression(n, d, kind=kind)
+    assert x.shape == (n, d) and y.shape == (n, 1)
+    assert x.dtype == y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+
+
+def test_teacher_sine_formula():
+    # the learning-rate chapter's make_data(n, d, seed): x, then w, from one generator
+    g = torch.Generator().manual_seed(4)
+    x_ref = torch.randn(128, 5, generator=g)
+    w = torch.randn(5, generator=g)
+    x, y = teacher_regression(128, 5, kind="sine", seed=4)
+    assert torch.equal(x, x_ref)
+    torch.testing.assert_close(y, torch.sin(2 * x_ref @ w / math.sqrt(5)).unsqueeze(1))
+    _, y_lin = teacher_regression(128, 5, kind="linear", seed=4)
+    torch.testing.assert_close(y_lin, (x_ref @ w / math.sqrt(5)).unsqueeze(1))
+
+
+def test_teacher_mlp_is_a_standardized_tanh_network():
+    # the documented construction: x from the generator, then the network, seeded from it
+    g = torch.Generator().manual_seed(6)
+    x_ref = torch.randn(64, 16, generator=g)
+    with seeded(int(torch.randint(0, 2**62, (1,), generator=g))), torch.no_grad():
+        teacher = mlp(3, 32, in_features=16, out_features=1, activation="tanh")
+        raw = teacher(x_ref)
+    x, y = teacher_regression(64, 16, kind="mlp", seed=6)
+    assert torch.equal(x, x_ref)
+    torch.testing.assert_close(y, (raw - raw.mean()) / raw.std())
+
+
+def test_teacher_inputs_are_standard_normal():
+    x, _ = teacher_regression(20000, 4, kind="linear", seed=1)
+    # 80000 draws: the mean has std 0.0035, the variance 0.005; allow 5 std
+    assert abs(float(x.mean())) < 0.018 and abs(float(x.var()) - 1) < 0.025
+
+
+def test_teacher_target_variance():
+    n = 20000
+    # mlp: standardized over the n examples, so sample mean 0 and sample variance 1 exactly
+    _, y = teacher_regression(n, 16, kind="mlp", seed=2)
+    assert abs(float(y.mean())) < 1e-5 and abs(float(y.var()) - 1) < 1e-5
+    # sine and linear: Var over x for a fixed w is (1 - exp(-8 s)) / 2 and s, with s = |w|²/d;
+    # the relative standard error of a sample variance is sqrt(2/n) for Gaussian targets and
+    # smaller for the bounded sine ones: allow 5 of them
+    for d, seed in [(5, 0), (16, 3)]:
+        g = torch.Generator().manual_seed(seed)
+        torch.randn(n, d, generator=g)
+        s = float(torch.randn(d, generator=g).pow(2).sum()) / d
+        expected = {"sine": (1 - math.exp(-8 * s)) / 2, "linear": s}
+        for kind, var in expected.items():
+            _, y = teacher_regression(n, d, kind=kind, seed=seed)
+            assert abs(float(y.double().var()) / var - 1) < 5 * math.sqrt(2 / n), (kind, d)
+
+
+@pytest.mark.parametrize("kind", TEACHER_KINDS)
+def test_teacher_noise_is_added_last(kind):
+    n, sigma = 20000, 0.3
+    x0, y0 = teacher_regression(n, 6, kind=kind, seed=5)
+    x1, y1 = teacher_regression(n, 6, kind=kind, noise=sigma, seed=5)
+    assert torch.equal(x0, x1)  # the noise leaves the inputs and the teacher as they were
+    eps = (y1 - y0).double() / sigma
+    # eps ~ N(0, 1): its mean within 5 / sqrt(n), its variance within 5 sqrt(2 / n)
+    assert abs(float(eps.mean())) < 5 / math.sqrt(n)
+    assert abs(float(eps.var()) - 1) < 5 * math.sqrt(2 / n)
+
+
+def test_teacher_kinds_differ_and_mlp_teacher_depends_on_seed():
+    x, y_sine = teacher_regression(50, 3, kind="sine", seed=0)
+    _, y_mlp = teacher_regression(50, 3, kind="mlp", seed=0)
+    assert not torch.allclose(y_sine, y_mlp)
+    # the mlp teacher is drawn from the seed: another seed, another network
+    _, y_other = teacher_regression(50, 3, kind="mlp", seed=1)
+    assert not torch.allclose(y_mlp, y_other)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"n": 0, "in_features": 3}, ValueError, "n"),
+        ({"n": 1, "in_features": 3, "kind": "mlp"}, ValueError, "n"),
+        ({"n": 5.0, "in_features": 3}, TypeError, "n"),
+        ({"n": 5, "in_features": 0}, ValueError, "in_features"),
+        ({"n": 5, "in_features": "3"}, TypeError, "in_features"),
+        ({"n": 5, "in_features": 3, "kind": "cosine"}, ValueError, "kind"),
+        ({"n": 5, "in_features": 3, "kind": None}, ValueError, "kind"),
+        ({"n": 5, "in_features": 3, "noise": -0.1}, ValueError, "noise"),
+        ({"n": 5, "in_features": 3, "noise": float("nan")}, ValueError, "noise"),
+        ({"n": 5, "in_features": 3, "noise": "0.1"}, TypeError, "noise"),
+        ({"n": 5, "in_features": 3, "seed": -1}, ValueError, "seed"),
+        ({"n": 5, "in_features": 3, "seed": 1.0}, TypeError, "seed"),
+    ],
+)
+def test_teacher_bad_inputs(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        teacher_regression(**kwargs)
+

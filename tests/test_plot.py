@@ -4,6 +4,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import warnings  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -183,6 +185,76 @@ def test_loss_curve_rejects_bad_shapes(bad):
         plot.loss_curve(bad)
 
 
+@pytest.mark.parametrize("bad", [[1.5], [1, 2.0], ["1"], [True], np.array([0.0, 2.0])])
+def test_loss_curve_rejects_non_integer_spikes(bad):
+    with pytest.raises(TypeError, match="spikes must hold integer step indices"):
+        plot.loss_curve([1.0, 2.0, 3.0], spikes=bad)
+
+
+def test_loss_curve_rejects_nested_spikes():
+    with pytest.raises(ValueError, match="spikes"):
+        plot.loss_curve([1.0, 2.0, 3.0], spikes=[[1]])
+
+
+def test_loss_curve_accepts_integer_arrays_as_spikes():
+    losses = np.array([1.0, 9.0, 1.0, 8.0])
+    ax = plot.loss_curve(losses, spikes=np.flatnonzero(losses > 5))
+    (spikes,) = _lines(ax, "spike")
+    np.testing.assert_array_equal(spikes.get_xdata(), [1, 3])
+    ax = plot.loss_curve(losses, spikes=np.array([], dtype=np.int64))
+    assert _lines(ax, "spike") == []
+
+
 def test_loss_curve_rejects_non_numbers():
     with pytest.raises(TypeError, match="losses"):
         plot.loss_curve([1.0, "x"])
+
+
+# -- panels ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_panels_makes_a_row_of_axes(n):
+    fig, axes = plot.panels(n)
+    assert isinstance(axes, list) and len(axes) == n
+    assert all(isinstance(ax, Axes) and ax.figure is fig for ax in axes)
+    width = plot.PANEL_ROW_WIDTH if n > 1 else plot.STYLE["figure.figsize"][0]
+    np.testing.assert_allclose(fig.get_size_inches(), [width, plot.PANEL_HEIGHT])
+    # left to right, one row
+    lefts = [ax.get_position().x0 for ax in axes]
+    assert lefts == sorted(lefts)
+    assert len({round(ax.get_position().y0, 6) for ax in axes}) == 1
+    assert fig.get_layout_engine() is not None  # constrained layout: no tight_layout needed
+
+
+def test_panels_size_ratios_and_subplots_keywords():
+    fig, (left, right) = plot.panels(2, width=9.0, height=3.0, width_ratios=[2, 1], sharey=True)
+    np.testing.assert_allclose(fig.get_size_inches(), [9.0, 3.0])
+    fig.canvas.draw()
+    assert left.get_position().width > 1.6 * right.get_position().width
+    assert left.get_shared_y_axes().joined(left, right)
+    plot.layer_norms([1.0, 10.0], ax=left)
+    plot.loss_curve([1.0, 0.5], ax=right)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # labels fit without a layout warning
+        fig.canvas.draw()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"n": 0}, ValueError, "n"),
+        ({"n": 2.0}, TypeError, "n"),
+        ({"width": 0.0}, ValueError, "width"),
+        ({"width": "11"}, TypeError, "width"),
+        ({"height": -1.0}, ValueError, "height"),
+        ({"height": float("inf")}, ValueError, "height"),
+        ({"n": 2, "width_ratios": [1.0]}, ValueError, "width_ratios"),
+        ({"n": 2, "width_ratios": [1.0, 0.0]}, ValueError, "width_ratios"),
+        ({"n": 2, "width_ratios": ["a", "b"]}, TypeError, "width_ratios"),
+    ],
+)
+def test_panels_rejects_bad_arguments(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        plot.panels(**kwargs)
+

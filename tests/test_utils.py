@@ -4,14 +4,26 @@ import inspect
 import os
 import random
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
 
 import gradlab
+from gradlab import plot
 from gradlab.models import mlp
 from gradlab.monitor import GradientMonitor
-from gradlab.utils import get_device, seed_everything, show_source, source_of
+from gradlab.utils import (
+    BOOK_THREADS,
+    THREADS_ENV,
+    book_threads,
+    get_device,
+    seed_everything,
+    seeded,
+    setup_chapter,
+    show_source,
+    source_of,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +80,99 @@ def test_seed_everything_rejects_negative_seeds(seed):
 def test_seed_everything_rejects_non_int_seeds(seed):
     with pytest.raises(TypeError, match="seed"):
         seed_everything(seed)
+
+
+# -- seeded ------------------------------------------------------------------------------------
+
+
+def test_seeded_gives_the_same_draws_and_restores_the_caller_stream():
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    with seeded(3):
+        a = torch.randn(5)
+        m1 = mlp(2, 6)
+    assert torch.equal(torch.rand(4), expected)  # as if the block had not run
+    with seeded(3):
+        b = torch.randn(5)
+        m2 = mlp(2, 6)
+    torch.manual_seed(3)
+    assert torch.equal(a, b) and torch.equal(a, torch.randn(5))  # same as torch.manual_seed(3)
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters(), strict=True))
+
+
+def test_seeded_restores_the_stream_after_an_exception():
+    torch.manual_seed(12)
+    expected = torch.rand(3)
+    torch.manual_seed(12)
+    with pytest.raises(RuntimeError, match="inside"):
+        with seeded(0):
+            torch.rand(100)
+            raise RuntimeError("inside")
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(("seed", "error"), [(-1, ValueError), (1.5, TypeError), (None, TypeError)])
+def test_seeded_rejects_bad_seeds(seed, error):
+    with pytest.raises(error, match="seed"):
+        with seeded(seed):
+            pass
+
+
+# -- setup_chapter and the thread policy -------------------------------------------------------
+
+
+@pytest.fixture
+def _restore_threads_and_style():
+    threads = torch.get_num_threads()
+    with matplotlib.rc_context():
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("_restore_threads_and_style")
+def test_setup_chapter_seeds_styles_and_sets_threads(monkeypatch):
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    torch.set_num_threads(2)
+    matplotlib.rcParams["axes.grid"] = False
+    g = setup_chapter(5)
+    first = _draw()
+    assert torch.get_num_threads() == BOOK_THREADS == 1
+    assert all(matplotlib.rcParams[k] == v for k, v in plot.STYLE.items() if not isinstance(v, tuple))
+    assert isinstance(g, torch.Generator) and g.initial_seed() == 5
+    seed_everything(5)
+    assert _draw() == first  # the same seeding as seed_everything
+    setup_chapter(0, threads=2)
+    assert torch.get_num_threads() == 2
+    assert gradlab.setup_chapter is setup_chapter
+
+
+@pytest.mark.usefixtures("_restore_threads_and_style")
+def test_thread_count_from_the_environment(monkeypatch):
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert book_threads() == 2
+    setup_chapter(0)
+    assert torch.get_num_threads() == 2
+    setup_chapter(0, threads=1)  # an explicit argument wins
+    assert torch.get_num_threads() == 1
+    monkeypatch.delenv(THREADS_ENV)
+    assert book_threads() == BOOK_THREADS
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", ""])
+def test_bad_thread_count_in_the_environment(monkeypatch, value):
+    monkeypatch.setenv(THREADS_ENV, value)
+    with pytest.raises(ValueError, match=THREADS_ENV):
+        book_threads()
+
+
+@pytest.mark.parametrize(("threads", "error"), [(0, ValueError), (1.0, TypeError), ("1", TypeError)])
+def test_setup_chapter_rejects_bad_threads(threads, error):
+    with pytest.raises(error, match="threads"):
+        setup_chapter(0, threads=threads)
+
+
+# -- get_device --------------------------------------------------------------------------------
 
 
 def test_get_device_cpu():

@@ -1,4 +1,6 @@
-"""Models whose depth, width, initialization and activation are the experiment's knobs."""
+"""Recurrent networks: an Elman network with the cell written out, LSTM/GRU wrappers with the same
+interface, and the single-unit network whose loss surface has a wall (Pascanu et al. 2013).
+"""
 
 from __future__ import annotations
 
@@ -7,189 +9,8 @@ import math
 import torch
 from torch import nn
 
-from ._validate import check_choice, check_int, check_real
-from .activations import ACTIVATIONS
-
-INITS = ("gaussian", "xavier", "he", "orthogonal")
-NORMS = (None, "batch", "layer")
-
-
-def init_linear_(
-    layer: nn.Linear, init: str = "he", gain: float = 1.0, bias_std: float = 0.0
-) -> nn.Linear:
-    """Initialize ``layer`` in place and return it.
-
-    With ``n = fan_in`` and ``m = fan_out`` the weight standard deviations are
-
-    - ``gaussian``:   ``gain / sqrt(n)``            (variance gain²/fan_in)
-    - ``xavier``:     ``gain * sqrt(2 / (n + m))``  (Glorot & Bengio 2010)
-    - ``he``:         ``gain * sqrt(2 / n)``        (He et al. 2015, for ReLU)
-    - ``orthogonal``: a (semi-)orthogonal matrix times ``gain`` (Saxe et al. 2014)
-
-    Biases are drawn from N(0, bias_std²); ``bias_std=0`` gives zero biases.
-    """
-    if not isinstance(layer, nn.Linear):
-        raise TypeError(f"layer must be an nn.Linear, got {type(layer).__name__}")
-    init = check_choice("init", init, INITS)
-    gain = check_real("gain", gain, minimum=0.0)
-    bias_std = check_real("bias_std", bias_std, minimum=0.0)
-    fan_out, fan_in = layer.weight.shape
-    with torch.no_grad():
-        if init == "orthogonal":
-            nn.init.orthogonal_(layer.weight, gain=gain)
-        else:
-            std = {
-                "gaussian": gain / math.sqrt(fan_in),
-                "xavier": gain * math.sqrt(2.0 / (fan_in + fan_out)),
-                "he": gain * math.sqrt(2.0 / fan_in),
-            }[init]
-            layer.weight.normal_(0.0, std)
-        if layer.bias is not None:
-            layer.bias.normal_(0.0, bias_std) if bias_std > 0 else layer.bias.zero_()
-    return layer
-
-
-class Block(nn.Module):
-    """One layer of an :func:`mlp`: ``linear -> norm -> activation``, optionally residual.
-
-    With ``residual=True`` the block returns ``x + residual_scale * f(x)``, which needs equal
-    input and output widths.
-    """
-
-    def __init__(
-        self,
-        linear: nn.Linear,
-        norm: nn.Module | None = None,
-        activation: nn.Module | None = None,
-        residual: bool = False,
-        residual_scale: float = 1.0,
-    ) -> None:
-        super().__init__()
-        if residual and linear.in_features != linear.out_features:
-            raise ValueError(
-                "residual=True needs in_features == out_features, got "
-                f"{linear.in_features} -> {linear.out_features}"
-            )
-        self.linear = linear
-        self.norm = norm if norm is not None else nn.Identity()
-        self.activation = activation if activation is not None else nn.Identity()
-        self.residual = residual
-        self.residual_scale = residual_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.activation(self.norm(self.linear(x)))
-        return x + self.residual_scale * out if self.residual else out
-
-    def extra_repr(self) -> str:
-        return f"residual={self.residual}, residual_scale={self.residual_scale}" if self.residual else ""
-
-
-class MLP(nn.Sequential):
-    """A stack of :class:`Block` layers; the last one is a plain linear read-out."""
-
-    def __init__(self, blocks: list[Block], activation: str, init: str, gain: float) -> None:
-        super().__init__(*blocks)
-        self.activation_name = activation
-        self.init_name = init
-        self.gain = gain
-
-    def __getitem__(self, idx):
-        if isinstance(idx, slice):
-            # nn.Sequential slices with self.__class__(OrderedDict), which MLP's signature does
-            # not take; build the slice here, keeping the knobs and the blocks' names.
-            sub = MLP([], self.activation_name, self.init_name, self.gain)
-            for name, block in list(self._modules.items())[idx]:
-                sub.add_module(name, block)
-            return sub
-        return super().__getitem__(idx)
-
-    @property
-    def linears(self) -> list[nn.Linear]:
-        """The linear layers, input to output."""
-        return [block.linear for block in self]
-
-    @property
-    def weights(self) -> list[torch.Tensor]:
-        """The weight matrices, input to output."""
-        return [block.linear.weight for block in self]
-
-
-def mlp(
-    depth: int,
-    width: int,
-    *,
-    in_features: int | None = None,
-    out_features: int | None = None,
-    activation: str = "relu",
-    init: str = "he",
-    gain: float = 1.0,
-    norm: str | None = None,
-    residual: bool = False,
-    residual_scale: float = 1.0,
-    bias: bool = True,
-    bias_std: float = 0.0,
-) -> MLP:
-    """Build a fully connected network with ``depth`` linear layers.
-
-    Layer ``i`` maps ``d_i -> d_{i+1}`` with ``d_0 = in_features`` (default ``width``),
-    ``d_1 = ... = d_{depth-1} = width`` and ``d_depth = out_features`` (default ``width``).
-    Every layer but the last is ``linear -> norm -> activation``; the last is a plain linear
-    read-out, so ``depth=1`` is a linear model.
-
-    Args:
-        depth: number of linear layers, at least 1.
-        width: hidden width, at least 1.
-        in_features, out_features: input and output sizes (default ``width``).
-        activation: one of :data:`ACTIVATIONS` (``linear``, ``relu``, ``tanh``, ...).
-        init: ``gaussian``, ``xavier``, ``he`` or ``orthogonal``; see :func:`init_linear_`.
-        gain: multiplies the initialization's standard deviation.
-        norm: ``None``, ``"batch"`` (BatchNorm1d) or ``"layer"`` (LayerNorm), after the linear.
-        residual: wrap each hidden ``width -> width`` layer as ``x + residual_scale * f(x)``.
-        residual_scale: the branch multiplier of residual layers.
-        bias: give the linear layers biases.
-        bias_std: biases are drawn from N(0, bias_std²) (zero by default).
-    """
-    depth = check_int("depth", depth, minimum=1)
-    width = check_int("width", width, minimum=1)
-    in_features = width if in_features is None else check_int("in_features", in_features, minimum=1)
-    out_features = (
-        width if out_features is None else check_int("out_features", out_features, minimum=1)
-    )
-    activation = check_choice("activation", activation, ACTIVATIONS)
-    init = check_choice("init", init, INITS)
-    gain = check_real("gain", gain, minimum=0.0)
-    if norm is not None:
-        check_choice("norm", norm, ["batch", "layer"])
-    if not isinstance(residual, bool):
-        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
-    residual_scale = check_real("residual_scale", residual_scale)
-    if not isinstance(bias, bool):
-        raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
-    bias_std = check_real("bias_std", bias_std, minimum=0.0)
-
-    dims = [in_features] + [width] * (depth - 1) + [out_features]
-    blocks = []
-    for i in range(depth):
-        linear = init_linear_(nn.Linear(dims[i], dims[i + 1], bias=bias), init, gain, bias_std)
-        if i == depth - 1:  # read-out: no norm, no activation, no skip
-            blocks.append(Block(linear))
-            continue
-        layer_norm = {None: None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}[norm]
-        blocks.append(
-            Block(
-                linear,
-                norm=layer_norm(dims[i + 1]) if layer_norm else None,
-                activation=ACTIVATIONS[activation].module(),
-                residual=residual and dims[i] == dims[i + 1],
-                residual_scale=residual_scale,
-            )
-        )
-    return MLP(blocks, activation, init, gain)
-
-
-# ---------------------------------------------------------------------------------------------
-# Recurrent models
-# ---------------------------------------------------------------------------------------------
+from .._validate import check_choice, check_int, check_real
+from ..activations import ACTIVATIONS
 
 RNN_INITS = ("gaussian", "orthogonal", "identity")
 
@@ -374,3 +195,89 @@ class GRU(_GatedRNN):
     (batch, time, in_features) -> (batch, out_features), read out from the last hidden state."""
 
     _core = nn.GRU
+
+
+# ---------------------------------------------------------------------------------------------
+# The single-unit network of the cliff
+# ---------------------------------------------------------------------------------------------
+
+SINGLE_UNIT_H0 = 0.5
+SINGLE_UNIT_STEPS = 50
+
+
+def _as_float_tensor(name: str, value: object) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if not torch.is_floating_point(value):
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+        return value
+    return torch.tensor(check_real(name, value), dtype=torch.float64)
+
+
+def single_unit_last_state(
+    w: torch.Tensor | float,
+    b: torch.Tensor | float,
+    *,
+    h0: torch.Tensor | float = SINGLE_UNIT_H0,
+    steps: int = SINGLE_UNIT_STEPS,
+) -> torch.Tensor:
+    """``h_T`` of the one-unit recurrent network ``h_t = tanh(w h_{t-1} + b)``, ``t = 1..T``.
+
+    Elementwise: ``w``, ``b`` and ``h0`` are tensors (or numbers, taken as float64) that
+    broadcast together, so one call evaluates the whole grid of a loss surface. The result stays
+    in the autograd graph, so ``torch.autograd.grad(single_unit_last_state(w, b).sum(), [w, b])``
+    gives ``dh_T/dw`` and ``dh_T/db`` at every grid point in one backward pass.
+
+    On the wall ``b = gradlab.theory.cliff_bias(w, h0)`` the state stays at ``h0`` and, where
+    ``s = w (1 - h0²) > 1``, the gradient grows like ``s^T``
+    (:func:`gradlab.theory.cliff_gradient_norm`); compute in float64, since the band around the
+    wall where the gradient is large is about ``s^-T`` wide.
+
+    Args:
+        w, b: the recurrent weight and the bias.
+        h0: the initial state ``h_0``.
+        steps: the number of steps ``T``, at least 1.
+    """
+    w = _as_float_tensor("w", w)
+    b = _as_float_tensor("b", b)
+    h0 = _as_float_tensor("h0", h0)
+    steps = check_int("steps", steps, minimum=1)
+    h = h0
+    for _ in range(steps):
+        h = torch.tanh(w * h + b)
+    return h
+
+
+class SingleUnitRNN(nn.Module):
+    """The one-unit network ``h_t = tanh(w h_{t-1} + b)`` as a module with parameters ``w`` and ``b``.
+
+    ``forward(h0)`` returns ``h_T`` (:func:`single_unit_last_state`) for a tensor of initial states,
+    elementwise, or for the module's own ``h0`` when called without one; so
+    ``gl.fit(rnn, mse, (torch.tensor([rnn.h0], dtype=torch.float64), target), opt, steps=...)``
+    trains it. The parameters are float64 scalars: near the wall the loss changes over
+    distances of order ``s^-T`` that float32 cannot resolve.
+
+    Args:
+        w, b: the initial recurrent weight and bias.
+        h0: the default initial state.
+        steps: the number of steps ``T``, at least 1.
+    """
+
+    def __init__(
+        self, w: float, b: float, *, h0: float = SINGLE_UNIT_H0, steps: int = SINGLE_UNIT_STEPS
+    ) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(check_real("w", w), dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor(check_real("b", b), dtype=torch.float64))
+        self.h0 = check_real("h0", h0)
+        self.steps = check_int("steps", steps, minimum=1)
+
+    def forward(self, h0: torch.Tensor | None = None) -> torch.Tensor:
+        """``h_T`` from the initial states ``h0`` (default: a one-element tensor holding ``self.h0``)."""
+        if h0 is None:
+            h0 = torch.tensor([self.h0], dtype=self.w.dtype, device=self.w.device)
+        elif not isinstance(h0, torch.Tensor):
+            raise TypeError(f"h0 must be a torch.Tensor or None, got {type(h0).__name__}")
+        return single_unit_last_state(self.w, self.b, h0=h0, steps=self.steps)
+
+    def extra_repr(self) -> str:
+        return f"w={self.w.item():.6g}, b={self.b.item():.6g}, h0={self.h0}, steps={self.steps}"

@@ -1,9 +1,15 @@
-"""Tests for gradlab.models."""
+"""Tests for gradlab.models.mlp: mlp, init_linear_, Block, MLP and the book's exploding network."""
 
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradlab.models import ACTIVATIONS, INITS, MLP, Block, exploding_mlp, init_linear_, mlp
 
 # ---------------------------------------------------------------------------------------------
 # mlp and init_linear_ (shapes, layer types, init statistics, bad arguments)
-# Imports are inside the tests: other sections of this file are written concurrently.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -12,11 +18,6 @@ def _weight_std(weight):
 
 
 def test_mlp_shapes_and_layer_count():
-    import torch
-    from torch import nn
-
-    from gradlab.models import MLP, Block, mlp
-
     for depth in (1, 2, 5):
         model = mlp(depth, 16, in_features=3, out_features=7)
         assert isinstance(model, MLP)
@@ -34,10 +35,6 @@ def test_mlp_shapes_and_layer_count():
 
 
 def test_mlp_default_in_and_out_features_are_the_width():
-    import torch
-
-    from gradlab.models import mlp
-
     model = mlp(3, 10)
     assert model.linears[0].in_features == 10 and model.linears[-1].out_features == 10
     assert model(torch.randn(2, 10)).shape == (2, 10)
@@ -45,10 +42,6 @@ def test_mlp_default_in_and_out_features_are_the_width():
 
 
 def test_mlp_activation_types_and_linear_read_out():
-    from torch import nn
-
-    from gradlab.models import ACTIVATIONS, mlp
-
     for name, cls in ACTIVATIONS.items():
         model = mlp(4, 8, activation=name)
         assert model.activation_name == name
@@ -61,10 +54,6 @@ def test_mlp_activation_types_and_linear_read_out():
 
 
 def test_mlp_depth_one_is_a_linear_model():
-    import torch
-
-    from gradlab.models import mlp
-
     torch.manual_seed(0)
     model = mlp(1, 5, in_features=3, out_features=2, activation="tanh", bias_std=0.5)
     x = torch.randn(6, 3)
@@ -73,10 +62,6 @@ def test_mlp_depth_one_is_a_linear_model():
 
 
 def test_mlp_forward_is_linear_norm_activation():
-    import torch
-
-    from gradlab.models import mlp
-
     torch.manual_seed(0)
     model = mlp(3, 6, in_features=4, out_features=2, activation="tanh", bias_std=0.3)
     x = torch.randn(5, 4)
@@ -88,10 +73,6 @@ def test_mlp_forward_is_linear_norm_activation():
 
 
 def test_mlp_residual_only_where_widths_match():
-    import torch
-
-    from gradlab.models import mlp
-
     torch.manual_seed(0)
     model = mlp(5, 8, in_features=3, out_features=2, residual=True, residual_scale=0.5,
                 activation="tanh")
@@ -108,21 +89,11 @@ def test_mlp_residual_only_where_widths_match():
 
 
 def test_block_residual_needs_equal_widths():
-    import pytest
-    from torch import nn
-
-    from gradlab.models import Block
-
     with pytest.raises(ValueError, match="in_features == out_features"):
         Block(nn.Linear(3, 4), residual=True)
 
 
 def test_mlp_norm_layers():
-    import torch
-    from torch import nn
-
-    from gradlab.models import mlp
-
     for norm, cls in (("batch", nn.BatchNorm1d), ("layer", nn.LayerNorm)):
         model = mlp(4, 8, in_features=3, out_features=2, norm=norm)
         for block in model[:-1]:
@@ -139,10 +110,6 @@ def test_mlp_norm_layers():
 
 
 def test_mlp_bias_on_and_off():
-    import torch
-
-    from gradlab.models import mlp
-
     with_bias = mlp(3, 8)
     assert all(lin.bias is not None for lin in with_bias.linears)
     assert all(torch.count_nonzero(lin.bias) == 0 for lin in with_bias.linears)  # bias_std=0
@@ -152,10 +119,6 @@ def test_mlp_bias_on_and_off():
 
 
 def test_bias_std():
-    import torch
-
-    from gradlab.models import mlp
-
     torch.manual_seed(0)
     model = mlp(3, 4000, in_features=2, out_features=4000, bias_std=0.3)
     for lin in model.linears:
@@ -164,13 +127,6 @@ def test_bias_std():
 
 
 def test_init_std_matches_formula():
-    import math
-
-    import torch
-    from torch import nn
-
-    from gradlab.models import init_linear_
-
     fan_in, fan_out = 400, 900
     for gain in (1.0, 1.7):
         expected = {
@@ -187,12 +143,6 @@ def test_init_std_matches_formula():
 
 
 def test_mlp_init_std_in_every_layer():
-    import math
-
-    import torch
-
-    from gradlab.models import mlp
-
     torch.manual_seed(0)
     width = 600
     for init, std in (("gaussian", 1.3 / math.sqrt(width)), ("he", 1.3 * math.sqrt(2 / width)),
@@ -203,11 +153,6 @@ def test_mlp_init_std_in_every_layer():
 
 
 def test_he_init_matches_torch_kaiming_normal():
-    import torch
-    from torch import nn
-
-    from gradlab.models import init_linear_
-
     torch.manual_seed(2)
     ours = init_linear_(nn.Linear(500, 700), "he").weight
     theirs = torch.empty(700, 500)
@@ -220,11 +165,6 @@ def test_he_init_matches_torch_kaiming_normal():
 
 
 def test_orthogonal_init():
-    import torch
-    from torch import nn
-
-    from gradlab.models import init_linear_, mlp
-
     torch.manual_seed(0)
     for gain in (1.0, 0.5, 2.0):
         tall = init_linear_(nn.Linear(20, 50), "orthogonal", gain).weight.detach().double()
@@ -240,20 +180,12 @@ def test_orthogonal_init():
 
 
 def test_gain_zero_gives_zero_weights():
-    import torch
-
-    from gradlab.models import INITS, mlp
-
     for init in INITS:
         model = mlp(2, 5, init=init, gain=0.0)
         assert all(torch.count_nonzero(w) == 0 for w in model.weights)
 
 
 def test_mlp_rejects_bad_arguments():
-    import pytest
-
-    from gradlab.models import mlp
-
     bad = [
         (ValueError, "depth", dict(depth=0)),
         (ValueError, "depth", dict(depth=-2)),
@@ -287,11 +219,6 @@ def test_mlp_rejects_bad_arguments():
 
 
 def test_init_linear_rejects_bad_arguments():
-    import pytest
-    from torch import nn
-
-    from gradlab.models import init_linear_
-
     with pytest.raises(TypeError, match="layer"):
         init_linear_(nn.Conv1d(2, 2, 1))
     with pytest.raises(ValueError, match="init"):
@@ -303,10 +230,6 @@ def test_init_linear_rejects_bad_arguments():
 
 
 def test_mlp_slices_are_mlps():
-    import torch
-
-    from gradlab.models import MLP, mlp
-
     torch.manual_seed(0)
     model = mlp(4, 8, in_features=3, out_features=2, activation="tanh", init="xavier", gain=0.7)
     hidden = model[:-1]
@@ -319,192 +242,105 @@ def test_mlp_slices_are_mlps():
     assert model[0] is next(iter(model))
 
 
+
+
 # ---------------------------------------------------------------------------------------------
-# Recurrent models: VanillaRNN against torch.nn.RNN, spectral radius, LSTM/GRU wrappers
+# exploding_mlp: the book's exploding network
 # ---------------------------------------------------------------------------------------------
 
 
-def _copy_into_torch_rnn(model, nonlinearity):
-    import torch
-
-    ref = torch.nn.RNN(model.in_features, model.hidden_size, nonlinearity=nonlinearity,
-                       batch_first=True)
-    with torch.no_grad():
-        ref.weight_hh_l0.copy_(model.W)
-        ref.weight_ih_l0.copy_(model.U)
-        ref.bias_ih_l0.copy_(model.b)
-        ref.bias_hh_l0.zero_()
-    return ref
-
-
-def test_vanilla_rnn_matches_torch_rnn():
-    import torch
-
-    from gradlab.models import VanillaRNN
-
-    torch.manual_seed(0)
-    for activation in ("tanh", "relu"):
-        model = VanillaRNN(3, 8, 2, activation=activation, spectral_radius=0.9)
-        with torch.no_grad():
-            model.b.normal_()
-        ref = _copy_into_torch_rnn(model, activation)
-        x = torch.randn(5, 11, 3)
-        h0 = torch.randn(5, 8)
-        hs, preacts = model.states(x, h0)
-        out, h_last = ref(x, h0[None])
-        torch.testing.assert_close(hs[:, 1:], out, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(hs[:, 0], h0)
-        torch.testing.assert_close(model(x, h0), model.readout(h_last[0]), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(model._phi(preacts), hs[:, 1:])
+def test_exploding_mlp_structure_and_init():
+    model = exploding_mlp()
+    assert isinstance(model, MLP) and len(model) == 16
+    assert (model.activation_name, model.init_name, model.gain) == ("relu", "he", 1.4)
+    assert model.linears[0].in_features == 16 and model.linears[-1].out_features == 1
+    assert all(lin.out_features == 32 for lin in model.linears[:-1])
+    assert all(torch.count_nonzero(lin.bias) == 0 for lin in model.linears)
+    # He times 1.4: std 1.4 sqrt(2 / 32) for the 14 square layers, pooled (14 * 1024 entries)
+    square = torch.cat([w.detach().flatten() for w in model.weights[1:-1]])
+    assert abs(float(square.double().std()) / (1.4 * math.sqrt(2 / 32)) - 1) < 0.03
+    assert model(torch.randn(5, 16)).shape == (5, 1)
 
 
-def test_vanilla_rnn_linear_is_a_linear_recurrence():
-    import torch
-
-    from gradlab.models import VanillaRNN
-
-    torch.manual_seed(1)
-    model = VanillaRNN(2, 4, activation="linear", bias=False)
-    assert model.b is None
-    x = torch.randn(3, 6, 2, dtype=torch.float64)
-    model = model.double()
-    h = torch.zeros(3, 4, dtype=torch.float64)
-    for t in range(6):
-        h = h @ model.W.T + x[:, t] @ model.U.T
-    torch.testing.assert_close(model.states(x)[0][:, -1], h)
+def test_exploding_mlp_is_seeded_mlp():
+    for seed in (0, 3):
+        torch.manual_seed(seed)
+        reference = mlp(16, 32, in_features=16, out_features=1, activation="relu", init="he", gain=1.4)
+        model = exploding_mlp(seed=seed)
+        assert all(torch.equal(p, q) for p, q in
+                   zip(model.parameters(), reference.parameters(), strict=True))
 
 
-def test_vanilla_rnn_cell_matches_states():
-    import torch
-
-    from gradlab.models import VanillaRNN
-
-    torch.manual_seed(2)
-    model = VanillaRNN(3, 5)
-    with torch.no_grad():
-        model.b.normal_()
-    x = torch.randn(2, 7, 3)
-    hs, _ = model.states(x)
-    h = torch.zeros(2, 5)
-    for t in range(7):
-        h = model.cell(h, x[:, t])
-        torch.testing.assert_close(h, hs[:, t + 1])
-    # unbatched use: one sequence step by step
-    h = torch.zeros(5)
-    for t in range(7):
-        h = model.cell(h, x[0, t])
-    torch.testing.assert_close(h, hs[0, -1])
-
-
-def test_vanilla_rnn_shapes_and_gradients():
-    import torch
-
-    from gradlab.models import GRU, LSTM, VanillaRNN
-
-    torch.manual_seed(3)
-    x = torch.randn(4, 9, 3)
-    for model in (VanillaRNN(3, 6, 2), LSTM(3, 6, 2), GRU(3, 6, 2), LSTM(3, 6, 2, num_layers=2)):
-        out = model(x)
-        assert out.shape == (4, 2)
-        out.sum().backward()
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    hs, preacts = VanillaRNN(3, 6).states(x)
-    assert hs.shape == (4, 10, 6) and preacts.shape == (4, 9, 6)
-    assert LSTM(3, 6).states(x).shape == (4, 9, 6)
-
-
-def test_spectral_radius_after_init_matches_request():
-    import torch
-
-    from gradlab.models import RNN_INITS, VanillaRNN
-    from gradlab.theory import spectral_radius
-
-    torch.manual_seed(4)
-    for init in RNN_INITS:
-        for rho in (0.5, 1.0, 1.7):
-            model = VanillaRNN(2, 32, init=init, spectral_radius=rho)
-            assert abs(spectral_radius(model.W) - rho) < 1e-5 * rho
-
-
-def test_recurrent_inits():
-    import torch
-
-    from gradlab.models import VanillaRNN
-    from gradlab.theory import spectral_norm, spectral_radius
-
-    torch.manual_seed(5)
-    ortho = VanillaRNN(2, 40, init="orthogonal", gain=1.3)
-    singular = torch.linalg.svdvals(ortho.W.detach().double())
-    torch.testing.assert_close(singular, torch.full_like(singular, 1.3), rtol=1e-6, atol=0)  # float32 W
-    ident = VanillaRNN(2, 5, init="identity", gain=0.7)
-    torch.testing.assert_close(ident.W.detach(), 0.7 * torch.eye(5))
-    # Gaussian: spectral radius near gain (circular law), largest singular value near 2 gain.
-    # Tolerances: at n = 400 the edge fluctuations are a few percent.
-    gauss = VanillaRNN(2, 400, init="gaussian", gain=0.8)
-    assert abs(spectral_radius(gauss.W) - 0.8) < 0.05
-    assert abs(spectral_norm(gauss.W) - 1.6) < 0.08
-
-
-def test_same_seed_same_model():
-    import torch
-
-    from gradlab.models import VanillaRNN
-
-    torch.manual_seed(6)
-    a = VanillaRNN(2, 8, spectral_radius=1.1)
-    torch.manual_seed(6)
-    b = VanillaRNN(2, 8, spectral_radius=1.1)
+def test_exploding_mlp_deterministic_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a, b, c = exploding_mlp(seed=5), exploding_mlp(seed=5), exploding_mlp(seed=6)
+    assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.weights[0], c.weights[0])
 
 
-def test_lstm_gru_match_torch_modules():
-    import torch
-
-    from gradlab.models import GRU, LSTM
-
-    torch.manual_seed(7)
-    x = torch.randn(2, 5, 3)
-    for cls, core in ((LSTM, torch.nn.LSTM), (GRU, torch.nn.GRU)):
-        model = cls(3, 4, 1)
-        assert isinstance(model.rnn, core) and model.rnn.batch_first
-        out, _ = model.rnn(x)
-        torch.testing.assert_close(model(x), model.readout(out[:, -1]))
+def test_exploding_mlp_knobs():
+    model = exploding_mlp(depth=5, width=8, in_features=3, out_features=2, gain=1.0)
+    assert len(model) == 5 and model.gain == 1.0
+    assert [(lin.in_features, lin.out_features) for lin in model.linears] == [
+        (3, 8), (8, 8), (8, 8), (8, 8), (8, 2)]
 
 
-def test_recurrent_bad_arguments():
-    import pytest
-    import torch
+def _hidden_growth(gain, seeds, batch=64):
+    """Per-layer factor of the mean squared norms of dL/dh_l (toward the input) and of h_l
+    (toward the output) over the 15 hidden layers, from a log-linear fit across layers."""
+    backward, forward = [], []
+    for seed in seeds:
+        model = exploding_mlp(gain=gain, seed=seed)
+        g = torch.Generator().manual_seed(10_000 + seed)
+        h, hidden = torch.randn(batch, 16, generator=g), []
+        for block in model:
+            h = block(h)
+            h.retain_grad()
+            hidden.append(h)
+        h.backward(torch.randn(h.shape, generator=g))  # a random output gradient
+        backward.append([float(s.grad.pow(2).sum()) for s in hidden[:-1]])
+        forward.append([float(s.detach().pow(2).sum()) for s in hidden[:-1]])
+    layers = torch.arange(1, 16, dtype=torch.float64)
 
-    from gradlab.models import GRU, LSTM, VanillaRNN
+    def factor(sq_norms):
+        log_mean = torch.tensor(sq_norms, dtype=torch.float64).mean(dim=0).log()
+        slope = torch.linalg.lstsq(torch.stack([layers, torch.ones(15, dtype=torch.float64)], 1),
+                                   log_mean[:, None]).solution[0, 0]
+        return math.exp(float(slope) / 2)  # squared norms: half the log-slope
 
-    cases = [
-        (lambda: VanillaRNN(0, 4), ValueError, "in_features"),
-        (lambda: VanillaRNN(2, 0), ValueError, "hidden_size"),
-        (lambda: VanillaRNN(2, 4, 0), ValueError, "out_features"),
-        (lambda: VanillaRNN(2.0, 4), TypeError, "in_features"),
-        (lambda: VanillaRNN(2, 4, activation="softplus"), ValueError, "activation"),
-        (lambda: VanillaRNN(2, 4, init="he"), ValueError, "init"),
-        (lambda: VanillaRNN(2, 4, gain=-1.0), ValueError, "gain"),
-        (lambda: VanillaRNN(2, 4, spectral_radius=0.0), ValueError, "spectral_radius"),
-        (lambda: VanillaRNN(2, 4, spectral_radius="1"), TypeError, "spectral_radius"),
-        (lambda: VanillaRNN(2, 4, gain=0.0, spectral_radius=1.0), ValueError, "spectral_radius"),
-        (lambda: VanillaRNN(2, 4, bias=1), TypeError, "bias"),
-        (lambda: LSTM(2, 4, num_layers=0), ValueError, "num_layers"),
-        (lambda: GRU(2, -1), ValueError, "hidden_size"),
-    ]
-    for make, error, name in cases:
-        with pytest.raises(error, match=name):
-            make()
-    model = VanillaRNN(2, 4)
-    for bad, error in (
-        (torch.zeros(3, 5), ValueError),
-        (torch.zeros(3, 5, 3), ValueError),
-        (torch.zeros(3, 0, 2), ValueError),
-        ([[0.0, 1.0]], TypeError),
-    ):
-        with pytest.raises(error, match="x"):
-            model(bad)
-        with pytest.raises(error, match="x"):
-            LSTM(2, 4)(bad)
-    with pytest.raises(ValueError, match="h0"):
-        model(torch.zeros(3, 5, 2), h0=torch.zeros(4))
+    return 1 / factor(backward), factor(forward)
+
+
+@pytest.mark.parametrize("gain", [1.0, 1.4])
+def test_exploding_mlp_gradient_grows_by_gain_per_layer(gain):
+    # E||dL/dh_{l-1}||² = gain² E||dL/dh_l||² (the docstring's derivation), so the per-layer
+    # factor of the mean squared norm is gain. Over 20 seeds the estimate has a standard deviation
+    # of 0.013 at gain 1.4 (measured over 15 disjoint blocks of 20 seeds: mean 1.397, range
+    # 1.372 to 1.416), so 0.05 is about 4 standard deviations. The forward signal grows by gain
+    # toward the output in the same way.
+    backward, forward = _hidden_growth(gain, seeds=range(20))
+    assert abs(backward - gain) < 0.05 * gain
+    assert abs(forward - gain) < 0.05 * gain
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": 1.5}, TypeError, "seed"),
+        ({"depth": 0}, ValueError, "depth"),
+        ({"width": 2.0}, TypeError, "width"),
+        ({"gain": -1.0}, ValueError, "gain"),
+        ({"in_features": 0}, ValueError, "in_features"),
+    ],
+)
+def test_exploding_mlp_rejects_bad_arguments(kwargs, error, name):
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    with pytest.raises(error, match=name):
+        exploding_mlp(**kwargs)
+    assert torch.equal(torch.rand(2), expected)  # a failed call restores the generator too

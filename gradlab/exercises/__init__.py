@@ -1,0 +1,44 @@
+"""Checkers for the exercises: they run the reader's function on random cases and say what is
+wrong, comparing with a reference (autograd, torch, or a gradlab function).
+
+One module per topic, in book order, each built on :mod:`.harness` (the case loop, calling the
+reader's function, comparing, naming the failing case and the known slip it matches):
+
+- :mod:`.jacobians`: the scalar chain gradient ("What explodes"), the layer Jacobian ("Jacobians")
+- :mod:`.mean_field`: chi_1 of an arbitrary activation ("Signal propagation")
+- :mod:`.recurrent`: the BPTT Jacobian ("The RNN cliff")
+- :mod:`.clipping`: global-norm clipping ("Gradient clipping")
+- :mod:`.learning_rate`: the largest stable learning rate, Hessian-vector products
+- :mod:`.optimizers`: one Adam step ("Optimizer choice")
+- :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
+- :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
+- :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
+"""
+
+from .accumulation import check_accumulated_gradient
+from .clipping import check_clip_grad_norm
+from .distributed import check_global_norm
+from .harness import CheckResult, check_function
+from .jacobians import check_layer_jacobian, check_scalar_chain_gradient
+from .learning_rate import check_hvp, check_max_stable_lr
+from .mean_field import CHI1_ACTIVATIONS, check_chi1
+from .mixed_precision import check_update_scale
+from .optimizers import check_adam_step
+from .recurrent import check_bptt_jacobian
+
+__all__ = [
+    "CHI1_ACTIVATIONS",
+    "CheckResult",
+    "check_accumulated_gradient",
+    "check_adam_step",
+    "check_bptt_jacobian",
+    "check_chi1",
+    "check_clip_grad_norm",
+    "check_function",
+    "check_global_norm",
+    "check_hvp",
+    "check_layer_jacobian",
+    "check_max_stable_lr",
+    "check_scalar_chain_gradient",
+    "check_update_scale",
+]

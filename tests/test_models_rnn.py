@@ -1,0 +1,286 @@
+"""Tests for gradlab.models.rnn: VanillaRNN, LSTM, GRU and the single-unit network of the cliff."""
+
+import pytest
+import torch
+
+import gradlab as gl
+from gradlab.models import (
+    GRU,
+    LSTM,
+    RNN_INITS,
+    SingleUnitRNN,
+    VanillaRNN,
+    single_unit_last_state,
+)
+from gradlab.theory import cliff_bias, cliff_gradient_norm, spectral_norm, spectral_radius
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent models: VanillaRNN against torch.nn.RNN, spectral radius, LSTM/GRU wrappers
+# ---------------------------------------------------------------------------------------------
+
+
+def _copy_into_torch_rnn(model, nonlinearity):
+    ref = torch.nn.RNN(model.in_features, model.hidden_size, nonlinearity=nonlinearity,
+                       batch_first=True)
+    with torch.no_grad():
+        ref.weight_hh_l0.copy_(model.W)
+        ref.weight_ih_l0.copy_(model.U)
+        ref.bias_ih_l0.copy_(model.b)
+        ref.bias_hh_l0.zero_()
+    return ref
+
+
+def test_vanilla_rnn_matches_torch_rnn():
+    torch.manual_seed(0)
+    for activation in ("tanh", "relu"):
+        model = VanillaRNN(3, 8, 2, activation=activation, spectral_radius=0.9)
+        with torch.no_grad():
+            model.b.normal_()
+        ref = _copy_into_torch_rnn(model, activation)
+        x = torch.randn(5, 11, 3)
+        h0 = torch.randn(5, 8)
+        hs, preacts = model.states(x, h0)
+        out, h_last = ref(x, h0[None])
+        torch.testing.assert_close(hs[:, 1:], out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(hs[:, 0], h0)
+        torch.testing.assert_close(model(x, h0), model.readout(h_last[0]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model._phi(preacts), hs[:, 1:])
+
+
+def test_vanilla_rnn_linear_is_a_linear_recurrence():
+    torch.manual_seed(1)
+    model = VanillaRNN(2, 4, activation="linear", bias=False)
+    assert model.b is None
+    x = torch.randn(3, 6, 2, dtype=torch.float64)
+    model = model.double()
+    h = torch.zeros(3, 4, dtype=torch.float64)
+    for t in range(6):
+        h = h @ model.W.T + x[:, t] @ model.U.T
+    torch.testing.assert_close(model.states(x)[0][:, -1], h)
+
+
+def test_vanilla_rnn_cell_matches_states():
+    torch.manual_seed(2)
+    model = VanillaRNN(3, 5)
+    with torch.no_grad():
+        model.b.normal_()
+    x = torch.randn(2, 7, 3)
+    hs, _ = model.states(x)
+    h = torch.zeros(2, 5)
+    for t in range(7):
+        h = model.cell(h, x[:, t])
+        torch.testing.assert_close(h, hs[:, t + 1])
+    # unbatched use: one sequence step by step
+    h = torch.zeros(5)
+    for t in range(7):
+        h = model.cell(h, x[0, t])
+    torch.testing.assert_close(h, hs[0, -1])
+
+
+def test_vanilla_rnn_shapes_and_gradients():
+    torch.manual_seed(3)
+    x = torch.randn(4, 9, 3)
+    for model in (VanillaRNN(3, 6, 2), LSTM(3, 6, 2), GRU(3, 6, 2), LSTM(3, 6, 2, num_layers=2)):
+        out = model(x)
+        assert out.shape == (4, 2)
+        out.sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    hs, preacts = VanillaRNN(3, 6).states(x)
+    assert hs.shape == (4, 10, 6) and preacts.shape == (4, 9, 6)
+    assert LSTM(3, 6).states(x).shape == (4, 9, 6)
+
+
+def test_spectral_radius_after_init_matches_request():
+    torch.manual_seed(4)
+    for init in RNN_INITS:
+        for rho in (0.5, 1.0, 1.7):
+            model = VanillaRNN(2, 32, init=init, spectral_radius=rho)
+            assert abs(spectral_radius(model.W) - rho) < 1e-5 * rho
+
+
+def test_recurrent_inits():
+    torch.manual_seed(5)
+    ortho = VanillaRNN(2, 40, init="orthogonal", gain=1.3)
+    singular = torch.linalg.svdvals(ortho.W.detach().double())
+    torch.testing.assert_close(singular, torch.full_like(singular, 1.3), rtol=1e-6, atol=0)  # float32 W
+    ident = VanillaRNN(2, 5, init="identity", gain=0.7)
+    torch.testing.assert_close(ident.W.detach(), 0.7 * torch.eye(5))
+    # Gaussian: spectral radius near gain (circular law), largest singular value near 2 gain.
+    # Tolerances: at n = 400 the edge fluctuations are a few percent.
+    gauss = VanillaRNN(2, 400, init="gaussian", gain=0.8)
+    assert abs(spectral_radius(gauss.W) - 0.8) < 0.05
+    assert abs(spectral_norm(gauss.W) - 1.6) < 0.08
+
+
+def test_same_seed_same_model():
+    torch.manual_seed(6)
+    a = VanillaRNN(2, 8, spectral_radius=1.1)
+    torch.manual_seed(6)
+    b = VanillaRNN(2, 8, spectral_radius=1.1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_lstm_gru_match_torch_modules():
+    torch.manual_seed(7)
+    x = torch.randn(2, 5, 3)
+    for cls, core in ((LSTM, torch.nn.LSTM), (GRU, torch.nn.GRU)):
+        model = cls(3, 4, 1)
+        assert isinstance(model.rnn, core) and model.rnn.batch_first
+        out, _ = model.rnn(x)
+        torch.testing.assert_close(model(x), model.readout(out[:, -1]))
+
+
+def test_recurrent_bad_arguments():
+    cases = [
+        (lambda: VanillaRNN(0, 4), ValueError, "in_features"),
+        (lambda: VanillaRNN(2, 0), ValueError, "hidden_size"),
+        (lambda: VanillaRNN(2, 4, 0), ValueError, "out_features"),
+        (lambda: VanillaRNN(2.0, 4), TypeError, "in_features"),
+        (lambda: VanillaRNN(2, 4, activation="softplus"), ValueError, "activation"),
+        (lambda: VanillaRNN(2, 4, init="he"), ValueError, "init"),
+        (lambda: VanillaRNN(2, 4, gain=-1.0), ValueError, "gain"),
+        (lambda: VanillaRNN(2, 4, spectral_radius=0.0), ValueError, "spectral_radius"),
+        (lambda: VanillaRNN(2, 4, spectral_radius="1"), TypeError, "spectral_radius"),
+        (lambda: VanillaRNN(2, 4, gain=0.0, spectral_radius=1.0), ValueError, "spectral_radius"),
+        (lambda: VanillaRNN(2, 4, bias=1), TypeError, "bias"),
+        (lambda: LSTM(2, 4, num_layers=0), ValueError, "num_layers"),
+        (lambda: GRU(2, -1), ValueError, "hidden_size"),
+    ]
+    for make, error, name in cases:
+        with pytest.raises(error, match=name):
+            make()
+    model = VanillaRNN(2, 4)
+    for bad, error in (
+        (torch.zeros(3, 5), ValueError),
+        (torch.zeros(3, 5, 3), ValueError),
+        (torch.zeros(3, 0, 2), ValueError),
+        ([[0.0, 1.0]], TypeError),
+    ):
+        with pytest.raises(error, match="x"):
+            model(bad)
+        with pytest.raises(error, match="x"):
+            LSTM(2, 4)(bad)
+    with pytest.raises(ValueError, match="h0"):
+        model(torch.zeros(3, 5, 2), h0=torch.zeros(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# The single-unit network of the cliff
+# ---------------------------------------------------------------------------------------------
+
+
+def _by_loop(w, b, h0, steps):
+    h = h0
+    for _ in range(steps):
+        h = torch.tanh(torch.tensor(w * h + b, dtype=torch.float64)).item()
+    return h
+
+
+def test_single_unit_last_state_matches_torch_rnn():
+    # torch.nn.RNN with one unit, zero input and bias b is h_t = tanh(w h_{t-1} + b)
+    ref = torch.nn.RNN(1, 1, batch_first=True).double()
+    for w, b, h0, steps in [(2.0, -0.3, 0.5, 30), (0.7, 0.2, -0.9, 7), (-1.5, 0.1, 0.0, 1)]:
+        with torch.no_grad():
+            ref.weight_hh_l0.fill_(w)
+            ref.bias_hh_l0.fill_(b)
+            ref.weight_ih_l0.zero_()
+            ref.bias_ih_l0.zero_()
+        _, h_last = ref(torch.zeros(1, steps, 1, dtype=torch.float64),
+                        torch.full((1, 1, 1), h0, dtype=torch.float64))
+        ours = single_unit_last_state(w, b, h0=h0, steps=steps)
+        torch.testing.assert_close(ours, h_last.reshape(()), rtol=1e-12, atol=1e-14)
+        assert ours.dtype == torch.float64
+
+
+def test_single_unit_last_state_is_elementwise_and_differentiable():
+    ws = torch.linspace(0.0, 3.0, 7, dtype=torch.float64)
+    bs = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+    grid_w, grid_b = torch.meshgrid(ws, bs, indexing="ij")
+    grid_w.requires_grad_(True)
+    grid_b.requires_grad_(True)
+    h = single_unit_last_state(grid_w, grid_b, h0=0.5, steps=12)
+    assert h.shape == (7, 5)
+    for i in (0, 3, 6):
+        for j in (0, 4):
+            assert abs(h[i, j].item() - _by_loop(ws[i].item(), bs[j].item(), 0.5, 12)) < 1e-14
+    grad_w, grad_b = torch.autograd.grad(h.sum(), [grid_w, grid_b])
+    # one backward over the grid gives every point's own gradient
+    p = torch.tensor([ws[3].item(), bs[1].item()], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(single_unit_last_state(p[0], p[1], h0=0.5, steps=12), p)
+    torch.testing.assert_close(torch.stack([grad_w[3, 1], grad_b[3, 1]]), g)
+    # broadcasting: a column of w against a row of b, and a tensor of initial states
+    assert single_unit_last_state(ws[:, None], bs[None, :], h0=0.5, steps=12).shape == (7, 5)
+    h0s = torch.tensor([-0.5, 0.0, 0.5], dtype=torch.float64)
+    assert single_unit_last_state(2.0, -0.1, h0=h0s, steps=3).shape == (3,)
+
+
+@pytest.mark.parametrize(("w", "h0", "steps"), [(2.0, 0.5, 30), (1.5, 0.5, 50), (3.0, -0.3, 20),
+                                                  (1.0, 0.5, 40), (1.0, 0.0, 25)])
+def test_single_unit_stays_on_the_wall_and_matches_cliff_gradient_norm(w, h0, steps):
+    b = cliff_bias(w, h0)
+    s = w * (1 - h0**2)
+    for t in range(1, steps + 1):
+        # float64 rounding (~1e-16) is amplified by s per step where the fixed point is unstable
+        drift = abs(single_unit_last_state(w, b, h0=h0, steps=t).item() - h0)
+        assert drift <= 1e-15 * max(s, 1.0) ** t * t
+    p = torch.tensor([w, b], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(single_unit_last_state(p[0], p[1], h0=h0, steps=steps), p)
+    expected = cliff_gradient_norm(w, h0, steps)
+    # The rounding of b (~1e-16) grows like s^t along the run and shifts every slope tanh'(a_t)
+    # by as much: relative error ~ 1e-16 s^T, 2e-8 for (w, h0, T) = (3, -0.3, 20) where s^T = 5e8.
+    assert abs(g.norm().item() / expected - 1) < 1e-10 + 1e-15 * max(s, 1.0) ** steps
+    # and dh_T/dw = h0 dh_T/db on the wall
+    assert abs(g[0].item() - h0 * g[1].item()) <= (1e-10 + 1e-15 * max(s, 1.0) ** steps) * abs(g[1].item())
+
+
+def test_single_unit_module_forward_uses_the_function():
+    rnn = SingleUnitRNN(2.0, -0.4, h0=0.3, steps=17)
+    assert isinstance(rnn.w, torch.nn.Parameter) and rnn.w.dtype == torch.float64
+    assert [name for name, _ in rnn.named_parameters()] == ["w", "b"]
+    expected = single_unit_last_state(2.0, -0.4, h0=0.3, steps=17)
+    torch.testing.assert_close(rnn(), expected.reshape(1))
+    h0s = torch.tensor([-0.2, 0.3, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(rnn(h0s), single_unit_last_state(2.0, -0.4, h0=h0s, steps=17))
+    assert "steps=17" in repr(rnn) and "h0=0.3" in repr(rnn)
+
+
+def test_single_unit_module_gradient_on_the_wall():
+    w, h0, steps = 2.0, 0.5, 30
+    rnn = SingleUnitRNN(w, cliff_bias(w, h0), h0=h0, steps=steps)
+    rnn().sum().backward()
+    norm = torch.stack([rnn.w.grad, rnn.b.grad]).norm().item()
+    assert abs(norm / cliff_gradient_norm(w, h0, steps) - 1) < 1e-9
+
+
+def test_single_unit_module_trains_with_fit():
+    # w = 0.5 < 1: one stable fixed point, no wall; SGD on (h_T - y*)² brings h_T to y* = -0.5
+    rnn = SingleUnitRNN(0.5, 0.3, h0=0.5, steps=30)
+    data = (torch.tensor([0.5], dtype=torch.float64), torch.tensor([-0.5], dtype=torch.float64))
+    start = [p.detach().clone() for p in rnn.parameters()]
+    hist = gl.fit(rnn, torch.nn.functional.mse_loss, data, torch.optim.SGD(rnn.parameters(), lr=0.1),
+                  steps=50, progress=False)
+    assert len(hist) == 50 and not hist.stopped
+    assert hist.loss[0] > 1.0 and hist.loss[-1] < 1e-8
+    assert all(not torch.equal(p, q) for p, q in zip(rnn.parameters(), start, strict=True))
+    with torch.no_grad():
+        assert float((rnn(data[0]) - data[1]) ** 2) < 1e-8
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "name"),
+    [
+        (lambda: single_unit_last_state(2.0, 0.0, steps=0), ValueError, "steps"),
+        (lambda: single_unit_last_state(2.0, 0.0, steps=2.0), TypeError, "steps"),
+        (lambda: single_unit_last_state("2", 0.0), TypeError, "w"),
+        (lambda: single_unit_last_state(2.0, float("nan")), ValueError, "b"),
+        (lambda: single_unit_last_state(torch.tensor([1, 2]), 0.0), TypeError, "w"),
+        (lambda: single_unit_last_state(2.0, 0.0, h0=None), TypeError, "h0"),
+        (lambda: SingleUnitRNN(2.0, 0.0, steps=-1), ValueError, "steps"),
+        (lambda: SingleUnitRNN(float("inf"), 0.0), ValueError, "w"),
+        (lambda: SingleUnitRNN(2.0, 0.0, h0="0.5"), TypeError, "h0"),
+        (lambda: SingleUnitRNN(2.0, 0.0)([0.5]), TypeError, "h0"),
+    ],
+)
+def test_single_unit_rejects_bad_arguments(call, error, name):
+    with pytest.raises(error, match=name):
+        call()
