@@ -2,7 +2,8 @@
 
 Modules: ``activations`` (the one activation registry), ``models`` (networks with
 init/activation/depth knobs), ``monitor`` (per-layer gradient statistics), ``theory``
-(closed-form results), ``distributed`` (clipping and NaN checks across processes), ``plot``
+(closed-form results), ``spectral`` (singular values of a model's weights, the orthogonality
+penalty), ``distributed`` (clipping and NaN checks across processes), ``plot``
 (the book's figures), ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding,
 the thread policy, device, source).
 """
@@ -17,6 +18,7 @@ from . import (
     models,
     monitor,
     plot,
+    spectral,
     theory,
     train,
     utils,
@@ -45,6 +47,7 @@ __all__ = [
     "seed_everything",
     "setup_chapter",
     "show_source",
+    "spectral",
     "theory",
     "train",
     "utils",
