@@ -2,7 +2,7 @@
 
 The Hessian of a network with ``P`` parameters has ``P²`` entries, but its product with one
 vector costs about two backward passes (Pearlmutter 1994): differentiate ``<∇L(θ), v>`` once
-more with respect to ``θ``. Power iteration on that product gives the largest eigenvalue
+more with respect to ``θ``. The Lanczos iteration on that product gives the largest eigenvalue
 ``λ_max`` of the Hessian, the *sharpness*, which sets the largest stable step of gradient
 descent, ``η < 2 / λ_max``.
 
@@ -30,10 +30,11 @@ Vector = Sequence[torch.Tensor] | torch.Tensor
 class Eigenpair:
     """Result of :func:`top_eigenvalue`.
 
-    ``value`` is ``λ_max``; ``vector`` the unit eigenvector, parameter-shaped (pass it back as
-    ``init`` to warm-start the next call); ``iterations`` the Hessian-vector products used;
-    ``converged`` whether the relative residual ``‖Hv - λv‖ / |λ|`` fell below ``tol``;
-    ``residual`` that relative residual at the end.
+    ``value`` is the estimate ``λ`` of ``λ_max``; ``vector`` the unit vector ``v`` it belongs to,
+    parameter-shaped (pass it back as ``init`` to warm-start the next call); ``iterations`` the
+    Hessian-vector products used; ``residual`` the relative residual ``‖Hv - λv‖ / |λ|`` of this
+    very pair; ``converged`` whether that residual is at most ``tol`` (or the search space was
+    the whole parameter space, so ``λ`` is exact up to rounding).
     """
 
     value: float
@@ -176,61 +177,133 @@ def top_eigenvalue(
 ) -> Eigenpair:
     """Largest (algebraic) eigenvalue ``λ_max`` of the Hessian of ``closure`` at ``params``.
 
-    Power iteration ``v ← H v / ‖H v‖`` with the Rayleigh quotient ``λ = vᵀ H v`` (``‖v‖ = 1``)
-    converges to the eigenvalue of largest *magnitude*. The iteration stops when the relative
-    residual ``‖H v - λ v‖ / |λ|`` is at most ``tol``; for a symmetric ``H`` some eigenvalue
-    then lies within ``tol·|λ|`` of ``λ``. If that eigenvalue is negative, a second power
-    iteration on ``H - λ I`` (whose eigenvalues ``λ_i - λ`` are all ``≥ 0``) finds
-    ``λ_max - λ``, so the result is always the top of the spectrum, the sharpness.
+    The Lanczos iteration with full reorthogonalization: after ``m`` Hessian-vector products,
+    ``Q_m`` is an orthonormal basis of the Krylov space ``span{v, Hv, ..., H^(m-1) v}`` and
+    ``T_m = Q_mᵀ H Q_m`` is an ``m × m`` matrix. Its largest eigenvalue ``λ`` with unit
+    eigenvector ``s`` gives the Ritz pair ``(λ, y = Q_m s)``: ``λ`` is the largest Rayleigh
+    quotient over the Krylov space, so ``λ ≤ λ_max`` always, and it approaches ``λ_max`` from
+    below whatever the signs of the other eigenvalues (the two ends of the spectrum are found
+    first), in far fewer products than power iteration, which finds the eigenvalue of largest
+    *magnitude* and stalls on a spectrum like ``(5, -5, 1)``. The iteration stops when the
+    relative residual ``‖Hy - λy‖ / |λ|`` is at most ``tol``.
 
-    The gradient's graph is built once and reused by every product.
+    What ``converged=True`` guarantees: for a symmetric ``H`` some eigenvalue lies within
+    ``‖Hy - λy‖ ≤ tol·|λ|`` of ``λ``, and it is ``λ_max`` unless the start vector is orthogonal
+    (or all but orthogonal) to ``λ_max``'s eigenvectors, since the Krylov space holds only the
+    directions present in the start. A random start (``init=None``) has such a component with
+    probability 1; a warm start ``init`` from the previous eigenvector loses it only if the top
+    eigenvector has turned away since (two eigenvalues crossing). When the basis reaches an
+    invariant subspace before converging, the iteration continues from a random vector
+    orthogonal to it (seeded by ``seed``), and a basis that spans all parameters gives the exact
+    top eigenvalue. The gradient's graph is built once and reused by every product; the basis
+    and its products are kept, ``2 m P`` numbers for ``P`` parameters.
 
     Args:
         closure: evaluates the scalar loss from ``params``; see :func:`hvp`.
         params: tensors (``requires_grad``) or a module.
-        iters: most Hessian-vector products per power iteration, at least 1.
-        tol: relative residual at which to stop, ``>= 0`` (``0`` runs all ``iters``).
-        seed: seeds the random start vector when ``init`` is not given.
+        iters: most Hessian-vector products, at least 1.
+        tol: relative residual at which to stop, ``>= 0`` (``0`` runs all ``iters``, or until
+            the basis spans all parameters).
+        seed: seeds the random start vector when ``init`` is not given, and any restart.
         init: a start vector (for example the previous call's ``vector``: a warm start).
 
     Returns:
         An :class:`Eigenpair` with ``value``, unit ``vector``, ``iterations``, ``converged``
-        and ``residual``.
+        and ``residual``, all of the same Ritz pair.
     """
     params = _check_params(params)
     iters = check_int("iters", iters, minimum=1)
     tol = check_real("tol", tol, minimum=0.0)
     seed = check_int("seed", seed, minimum=0)
+    generator = torch.Generator().manual_seed(seed)
+    dtype = _work_dtype(params)
     if init is None:
-        g = torch.Generator().manual_seed(seed)
-        v = [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p) for p in params]
+        start = torch.randn(sum(p.numel() for p in params), generator=generator, dtype=torch.float64)
     else:
-        v, _ = _check_vector("init", init, params)
-    v0 = v
+        start = _flatten(_check_vector("init", init, params)[0])
+    start = start.to(params[0].device, dtype)
     grads = _gradient_with_graph(closure, params)
 
-    def product(u):
-        return _hvp_from_grads(grads, params, u)
+    def product(u: torch.Tensor) -> torch.Tensor:
+        return _flatten(_hvp_from_grads(grads, params, _unflatten(u, params))).to(dtype)
 
-    value, v, used, converged, residual = _power_iteration(product, v, iters, tol, shift=0.0)
-    if value < 0:
-        # The dominant eigenvalue is negative, which says nothing about whether a positive one
-        # exists: the top of the spectrum is the dominant eigenvalue of H - value·I (all >= 0).
-        # Restart from the first start vector: the eigenvector just found lies in the null space of
-        # H - value·I, the one start from which this iteration cannot move.
-        shift = value
-        top, v, more, converged, residual = _power_iteration(product, v0, iters, tol, shift=shift)
-        value, used = top + shift, used + more
-    return Eigenpair(value, v, used, converged, residual)
+    value, y, used, converged, residual = _lanczos(product, start, iters, tol, generator)
+    return Eigenpair(value, _unflatten(y, params), used, converged, residual)
 
 
-def _power_iteration(product, v, iters: int, tol: float, shift: float):
-    """Power iteration on ``u ↦ H u - shift·u``; returns (λ, v, iterations, converged, residual)."""
+def _work_dtype(params: list[torch.Tensor]) -> torch.dtype:
+    """The parameters' dtype, at least float32: the Lanczos basis is kept in it."""
+    dtype = torch.float32
+    for p in params:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return dtype
+
+
+def _flatten(vector: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v.reshape(-1) for v in vector])
+
+
+def _unflatten(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    pieces = torch.split(flat, [p.numel() for p in params])
+    return [v.view_as(p).to(p.dtype) for v, p in zip(pieces, params, strict=True)]
+
+
+def _lanczos(product, v: torch.Tensor, iters: int, tol: float, generator: torch.Generator):
+    """Lanczos with full reorthogonalization on flat vectors, written as Rayleigh-Ritz on the
+    Krylov basis; returns ``(λ, y, products, converged, residual)`` of the top Ritz pair."""
+    norm = torch.linalg.vector_norm(v)
+    if norm == 0:
+        raise ValueError("init must not be the zero vector")
+    n, eps = v.numel(), torch.finfo(v.dtype).eps
+    most = min(iters, n)
+    basis = torch.empty(min(most, 16), n, dtype=v.dtype, device=v.device)  # rows q_1 .. q_m
+    images = torch.empty_like(basis)  # rows H q_1 .. H q_m
+    t = torch.zeros(most, most, dtype=torch.float64)  # T = Qᵀ H Q
+    q, scale = v / norm, 0.0
+    for j in range(most):
+        m = j + 1
+        if j == len(basis):  # grow by doubling: memory follows the products actually used
+            grown = min(2 * j, most)
+            basis = torch.cat([basis, basis.new_empty(grown - j, n)])
+            images = torch.cat([images, images.new_empty(grown - j, n)])
+        basis[j], images[j] = q, product(q)
+        column = basis[:m] @ images[j]
+        t[:m, j] = t[j, :m] = column.to(torch.float64).cpu()
+        values, vectors = torch.linalg.eigh(t[:m, :m])
+        value, s = float(values[-1]), vectors[:, -1].to(v.device, v.dtype)
+        y, hy = s @ basis[:m], s @ images[:m]
+        gap = float(torch.linalg.vector_norm(hy - value * y))
+        residual = 0.0 if gap == 0 else gap / abs(value) if value != 0 else math.inf
+        if (tol > 0 and residual <= tol) or m == n:  # m == n: T has all of H's eigenvalues
+            return value, y, m, True, residual
+        # The next basis vector: H q_j minus its projection on the basis, twice ("twice is
+        # enough" for orthogonality to working precision).
+        r = images[j] - column @ basis[:m]
+        r = r - (basis[:m] @ r) @ basis[:m]
+        scale = max(scale, float(torch.linalg.vector_norm(images[j])))
+        if float(torch.linalg.vector_norm(r)) <= 100 * eps * scale:
+            # An invariant subspace: this start shows no more of H. Go on from a random vector
+            # orthogonal to it, so eigenvalues the start was orthogonal to can still be found.
+            r = torch.randn(n, generator=generator, dtype=torch.float64).to(v.device, v.dtype)
+            for _ in range(2):
+                r = r - (basis[:m] @ r) @ basis[:m]
+        q = r / torch.linalg.vector_norm(r)
+    return value, y, most, residual <= tol, residual
+
+
+def _power_iteration(product, v, iters: int, tol: float, shift: float = 0.0):
+    """Power iteration on ``u ↦ H u - shift·u``: ``v ← (H - shift) v / ‖(H - shift) v‖``.
+
+    Returns ``(μ, v, iterations, converged, residual)`` where ``μ = vᵀ(H - shift)v`` and the
+    residual ``‖Hv - (μ + shift)v‖ / |μ + shift|`` belong to the returned ``v``. It finds the
+    eigenvalue of largest magnitude, and converges like ``(|λ_2| / |λ_1|)^k``: not at all when
+    ``λ_2 = -λ_1``. :func:`top_eigenvalue` uses :func:`_lanczos` instead; this is the textbook
+    method the learning-rate chapter explains.
+    """
     norm = _norm(v)
     if norm == 0.0:
         raise ValueError("init must not be the zero vector")
     v = [x / norm for x in v]
-    value, residual = 0.0, math.inf
     for k in range(1, iters + 1):
         hv = product(v)
         if shift:
@@ -243,7 +316,6 @@ def _power_iteration(product, v, iters: int, tol: float, shift: float):
         residual = _norm([h - value * x for h, x in zip(hv, v, strict=True)]) / max(
             abs(value + shift), 1e-300
         )
+        if residual <= tol or k == iters:  # value, residual and v all of this iterate
+            return value, v, k, residual <= tol, residual
         v = [h / hv_norm for h in hv]
-        if residual <= tol:
-            return value, v, k, True, residual
-    return value, v, iters, False, residual

@@ -3,7 +3,9 @@
 ``fit`` runs ``steps`` optimizer steps and returns a :class:`History` with, per step, the loss,
 the gradient norm before and after clipping, the learning rate and the time taken. A non-finite
 loss or gradient stops the run (or skips the step, or raises), names the layer where it showed
-up, and warns, so an explosion is always visible.
+up, and warns, so an explosion is always visible. A ``callback`` sees each step's
+:class:`StepRecord` with the applied gradients still in ``.grad``, records what a chapter needs
+and can stop the run, so chapters need no training loop of their own.
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ class History:
     """What :func:`fit` recorded, one entry per step (arrays of equal length).
 
     Attributes:
-        loss: mean loss over the step's micro-batches.
+        loss: the step's loss, the mean over its examples: ``sum_j (n_j / N) L_j`` over its
+            micro-batches ``j`` of ``n_j`` examples and mean loss ``L_j``, ``N = sum_j n_j``.
         grad_norm: global 2-norm of the accumulated gradient, before clipping.
         clipped_grad_norm: the same after clipping (NaN for a step that was not applied).
         lr: learning rate of parameter group 0 used by the step.
         step_time: wall-clock seconds of the step.
         skipped: True where the optimizer step was not taken because of a NaN/Inf (skipped
-            steps, and the step a run stopped at).
-        stopped_at: the step where the run stopped on a NaN/Inf, or ``None``.
+            steps, and the step a run stopped at on a NaN/Inf).
+        stopped_at: the step where the run ended early, or ``None``. On a NaN/Inf that step was
+            not applied; when the callback stopped the run, it was.
         stop_reason: why it stopped, e.g. ``"loss is nan at step 12"``, or ``None``.
+        stopped_by: ``"nonfinite"`` (a NaN/Inf), ``"callback"`` (the callback asked), or
+            ``None`` when every step ran.
         nonfinite_layer: the parameter (or, with a monitor, the layer) where the first
             non-finite value of the run was found, or ``None``.
         steps: the number of steps asked for.
@@ -56,19 +62,25 @@ class History:
     stop_reason: str | None = None
     nonfinite_layer: str | None = None
     steps: int = 0
+    stopped_by: str | None = None
 
     def __len__(self) -> int:
         return len(self.loss)
 
     @property
     def stopped(self) -> bool:
-        """Whether the run ended early on a NaN/Inf."""
+        """Whether the run ended early, on a NaN/Inf or by the callback (see ``stopped_by``)."""
         return self.stopped_at is not None
 
+    @property
+    def diverged(self) -> bool:
+        """Whether the run ended early on a NaN/Inf loss or gradient."""
+        return self.stopped_by == "nonfinite"
+
     def _skipped_steps(self) -> np.ndarray:
-        """Steps skipped and gone past (the step a run stopped at is not counted)."""
+        """Steps skipped and gone past (the step a run stopped at on a NaN/Inf is not counted)."""
         steps = np.flatnonzero(self.skipped)
-        return steps[steps != self.stopped_at] if self.stopped_at is not None else steps
+        return steps[steps != self.stopped_at] if self.diverged else steps
 
     def summary(self) -> str:
         """A few readable lines: steps run, losses, gradient norms, skips and the stop reason."""
@@ -89,7 +101,8 @@ class History:
         if len(skipped):
             lines.append(f"skipped {len(skipped)} steps with NaN/Inf: {_few(skipped)}")
         if self.stop_reason is not None:
-            lines.append(f"stopped: {self.stop_reason}")
+            by = " by the callback" if self.stopped_by == "callback" else ""
+            lines.append(f"stopped{by}: {self.stop_reason}")
         if self.nonfinite_layer is not None:
             lines.append(f"first non-finite value seen in: {self.nonfinite_layer!r}")
         return "\n".join(lines)
@@ -156,13 +169,8 @@ def _check_clip(clip):
 
 
 def _grad_norm(grads: list[torch.Tensor]) -> float:
-    """Global 2-norm of ``grads``; recomputed in float64 when float32 squares overflow."""
-    if not grads:
-        return 0.0
-    norm = float(_clip.total_norm(grads))
-    if not math.isfinite(norm):
-        norm = float(_clip.total_norm([g.double() for g in grads]))
-    return norm
+    """Global 2-norm of ``grads``; finite whenever every entry is (see ``clip.total_norm``)."""
+    return float(_clip.total_norm(grads)) if grads else 0.0
 
 
 def _kind(t: torch.Tensor) -> str:
@@ -170,6 +178,64 @@ def _kind(t: torch.Tensor) -> str:
     if t.isnan().any():
         return "nan"
     return "inf" if (t == math.inf).any() else "-inf"
+
+
+def _n_examples(x, y) -> int | None:
+    """Examples in a micro-batch: the length of ``y``'s first dimension (``x``'s when ``y`` has
+    none), or ``None`` when neither is a tensor with a first dimension."""
+    for t in (y, x):
+        if isinstance(t, torch.Tensor) and t.ndim >= 1:
+            return int(t.shape[0])
+    return None
+
+
+def _shares(sizes: list[int | None]) -> list[float]:
+    """``N / n_j`` for each micro-batch, so that ``sum_j L_j / (N / n_j)`` is the mean over all
+    ``N`` examples. Dividing by ``N / n_j`` (not multiplying by ``n_j / N``) divides by exactly
+    ``k`` when the ``k`` sizes are equal. Unknown or zero total sizes: equal weights ``1 / k``."""
+    if any(n is None for n in sizes) or sum(sizes) == 0:
+        return [float(len(sizes))] * len(sizes)
+    total = sum(sizes)
+    return [total / n if n else math.inf for n in sizes]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of :func:`fit`, as the callback receives it (the values :class:`History` stores).
+
+    Attributes:
+        step: the step index, from 0.
+        loss: the step's loss, the mean over its examples.
+        grad_norm: global 2-norm of the accumulated gradient, before clipping.
+        clipped_grad_norm: the same after clipping; NaN when the step was not applied.
+        lr: learning rate of parameter group 0 used by the step.
+        skipped: True when the optimizer step was not taken (a NaN/Inf).
+        step_time: wall-clock seconds of the step, the callback not included.
+        model: the model being trained.
+        optimizer: its optimizer.
+    """
+
+    step: int
+    loss: float
+    grad_norm: float
+    clipped_grad_norm: float
+    lr: float
+    skipped: bool
+    step_time: float
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+def _callback_stop(answer, step: int) -> str | None:
+    """The reason to stop that the callback's return value gives, or ``None`` to go on."""
+    if answer is None or answer is False or answer is np.False_:
+        return None
+    if answer is True or answer is np.True_:
+        return f"the callback returned True after step {step}"
+    if isinstance(answer, str):
+        return answer or f"the callback returned True after step {step}"
+    raise TypeError("callback must return None, a bool, or a str (the reason to stop), got "
+                    f"{type(answer).__name__}")
 
 
 def fit(
@@ -184,18 +250,31 @@ def fit(
     accumulate: int = 1,
     monitor: GradientMonitor | None = None,
     on_nonfinite: str = "stop",
+    callback: Callable[[StepRecord], bool | str | None] | None = None,
     progress: bool | None = None,
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps and record each one.
 
-    Each step draws ``accumulate`` micro-batches and, for each, back-propagates
-    ``loss_fn(model(x), y) / accumulate``; so the accumulated gradient is the gradient of the
-    mean loss. Then it measures the global gradient norm, checks for NaN/Inf, clips, measures
-    again, calls ``optimizer.step()`` and ``scheduler.step()`` and zeroes the gradients.
+    Each step draws ``accumulate`` micro-batches ``(x_j, y_j)`` of ``n_j`` examples,
+    ``N = sum_j n_j``, and for each back-propagates ``L_j · n_j / N`` with
+    ``L_j = loss_fn(model(x_j), y_j)``; so the accumulated gradient is the gradient of the mean
+    loss over the step's ``N`` examples, and with equal sizes each ``L_j`` is divided by ``k``.
+    Then it measures the global gradient norm, checks for NaN/Inf, clips, measures again, calls
+    ``optimizer.step()`` and ``scheduler.step()``, calls ``callback`` and zeroes the gradients.
+
+    Accumulation equals one step on the ``N`` examples together (up to rounding) only when
+    ``loss_fn`` is a mean over examples of per-example terms (``reduction="mean"``) and no layer
+    couples the examples of a batch. It is not exact for a BatchNorm layer in training mode (it
+    normalizes each micro-batch by that micro-batch's statistics), and not for a loss averaged
+    over the tokens of sequences of unequal length (a token-mean cross-entropy is a mean over
+    tokens, so weighting micro-batches by their number of sequences is not the mean over all
+    tokens). A loss that sums over examples (``reduction="sum"``) is not averaged at all; use
+    the mean. ``n_j`` is the length of ``y_j``'s first dimension (of ``x_j``'s when ``y_j`` has
+    none; equal weights ``1 / k`` when neither has).
 
     Args:
         model: the network (its mode, train or eval, is left as it is).
-        loss_fn: ``loss_fn(model(x), y)`` returns a scalar tensor.
+        loss_fn: ``loss_fn(model(x), y)`` returns a scalar tensor, the mean over the examples.
         data: a tuple ``(x, y)`` (the full batch, every step), an iterable of ``(x, y)`` batches
             (started again when exhausted), or a callable ``data(i) -> (x, y)`` called with the
             micro-batch counter ``i = step * accumulate + j``.
@@ -203,7 +282,8 @@ def fit(
         steps: number of optimizer steps, at least 1.
         clip: ``None``; a number ``c`` for global 2-norm clipping
             (:func:`gradlab.clip.clip_grad_norm_`); or a callable ``clip(parameters)`` that
-            modifies the gradients in place.
+            modifies the gradients in place. A non-finite gradient after the clip counts as a
+            NaN/Inf (see ``on_nonfinite``).
         scheduler: a learning-rate scheduler, stepped after every optimizer step that was taken.
         accumulate: micro-batches per optimizer step, at least 1.
         monitor: a :class:`~gradlab.monitor.GradientMonitor` of ``model``; attached for the run
@@ -213,6 +293,13 @@ def fit(
             optimizer step (the failing gradients stay in ``.grad`` for inspection), ``"skip"``
             zeroes the gradients and goes on without that step, ``"raise"`` raises
             ``FloatingPointError``. Stop and skip also warn (``RuntimeWarning``).
+        callback: ``callback(record)`` with the step's :class:`StepRecord`, called once per
+            recorded step (skipped ones and a step the run stops at included), after
+            ``optimizer.step()`` and ``scheduler.step()`` and before the gradients are zeroed:
+            ``.grad`` holds the gradients the step applied, clipped (on a skipped step, the
+            non-finite ones it did not apply). Returning ``True`` or a string (the reason) ends
+            the run after this step (``History.stopped_by == "callback"``); ``None`` or
+            ``False`` goes on. Its time is not counted in ``step_time``.
         progress: show a tqdm bar; ``None`` shows it only when stderr is a terminal.
 
     Returns:
@@ -230,6 +317,8 @@ def fit(
     clip = _check_clip(clip)
     if scheduler is not None and not callable(getattr(scheduler, "step", None)):
         raise TypeError(f"scheduler must have a step() method, got {type(scheduler).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     if monitor is not None:
         if not isinstance(monitor, GradientMonitor):
             raise TypeError(f"monitor must be a GradientMonitor, got {type(monitor).__name__}")
@@ -245,11 +334,14 @@ def fit(
     def zero_grad() -> None:  # model.zero_grad() walks the module tree: slow for small steps
         for p in params:
             p.grad = None
-    # Backward runs output side first; for models built input to output (every gradlab model)
-    # that is the reverse of the registration order.
-    backward_order = named[::-1]
+
+    def first_nonfinite() -> list[str]:
+        # Backward runs output side first; for models built input to output (every gradlab
+        # model) that is the reverse of the registration order.
+        return [n for n, p in named[::-1] if p.grad is not None and not p.grad.isfinite().all()]
+
     record = {k: [] for k in ("loss", "grad_norm", "clipped_grad_norm", "lr", "step_time", "skipped")}
-    stopped_at = stop_reason = nonfinite_layer = None
+    stopped_at = stop_reason = stopped_by = nonfinite_layer = None
 
     attach = monitor is not None and not monitor.attached
     if attach:
@@ -261,22 +353,22 @@ def fit(
             start = time.perf_counter()
             lr = float(optimizer.param_groups[0]["lr"])
             events_before = len(monitor.nonfinite_events) if monitor is not None else 0
-            losses = []
-            for x, y in map(_unpack, draw(step)):
+            batches = [_unpack(b) for b in draw(step)]
+            shares = _shares([_n_examples(x, y) for x, y in batches])
+            loss_value = 0.0
+            for (x, y), share in zip(batches, shares, strict=True):
                 loss = loss_fn(model(x), y)
                 if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
                     raise TypeError("loss_fn must return a scalar tensor, got "
                                     f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
-                (loss / accumulate).backward()
-                losses.append(loss.detach().reshape(()))
-            loss_value = float(torch.stack(losses).mean())
-            grads = [p.grad for p in params if p.grad is not None]
-            norm = _grad_norm(grads)
+                (loss / share).backward()  # weight n_j / N: the sum is the mean over examples
+                loss_value += float(loss.detach()) / share
+            norm = _grad_norm([p.grad for p in params if p.grad is not None])
 
             # -- NaN/Inf: find where, then stop, skip or raise; never step the optimizer. --
             reason = None
             if not (math.isfinite(loss_value) and math.isfinite(norm)):
-                bad = [n for n, p in backward_order if p.grad is not None and not p.grad.isfinite().all()]
+                bad = first_nonfinite()
                 layer = bad[0] if bad else None
                 where = f"first non-finite gradient, output side first: {layer!r}"
                 if monitor is not None and len(monitor.nonfinite_events) > events_before:
@@ -288,68 +380,74 @@ def fit(
                     if layer is not None:
                         reason += f" ({where})"
                 elif bad:
-                    grad = dict(named)[bad[0]].grad
-                    reason = f"gradient of {bad[0]!r} is {_kind(grad)} at step {step}"
-                # else: every entry is finite, only the float64 norm overflowed: carry on.
-                if reason is not None and nonfinite_layer is None:
+                    reason = f"gradient of {bad[0]!r} is {_kind(dict(named)[bad[0]].grad)} at step {step}"
+                else:  # every entry finite, the norm beyond float64 (> 1.8e308): no step to take
+                    reason = f"gradient norm overflows float64 at step {step} (every entry is finite)"
+                if nonfinite_layer is None:
                     nonfinite_layer = layer
 
-            if reason is not None:
-                record["loss"].append(loss_value)
-                record["grad_norm"].append(norm)
-                record["clipped_grad_norm"].append(math.nan)
-                record["lr"].append(lr)
-                record["skipped"].append(True)
-                if on_nonfinite == "raise":
-                    raise FloatingPointError(reason)
-                if on_nonfinite == "stop":
-                    record["step_time"].append(time.perf_counter() - start)
-                    stopped_at, stop_reason = step, reason
-                    warnings.warn(f"fit stopped: {reason}; the optimizer step was not taken",
-                                  RuntimeWarning, stacklevel=2)
-                    break
-                if sum(record["skipped"]) == 1:  # warn once; History.skipped lists them all
-                    warnings.warn(f"fit skipped a step: {reason}; later skips are listed in "
-                                  "History.skipped", RuntimeWarning, stacklevel=2)
-                zero_grad()
-                record["step_time"].append(time.perf_counter() - start)
-                bar.update()
-                continue
-
-            if clip is not None:
-                if callable(clip):
-                    clip(params)
+            clipped = math.nan
+            if reason is None:
+                if clip is not None:
+                    if callable(clip):
+                        clip(params)
+                    else:
+                        _clip.clip_grad_norm_(params, clip)
+                    clipped = _grad_norm([p.grad for p in params if p.grad is not None])
+                    if not math.isfinite(clipped):
+                        bad = first_nonfinite()
+                        what = f"gradient of {bad[0]!r}" if bad else "gradient norm"
+                        reason = f"{what} is {clipped} after clipping at step {step}"
+                        if nonfinite_layer is None and bad:
+                            nonfinite_layer = bad[0]
+                        clipped = math.nan
                 else:
-                    _clip.clip_grad_norm_(params, clip)
-                clipped = _grad_norm([p.grad for p in params if p.grad is not None])
-            else:
-                clipped = norm
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            zero_grad()
+                    clipped = norm
 
-            record["loss"].append(loss_value)
-            record["grad_norm"].append(norm)
-            record["clipped_grad_norm"].append(clipped)
-            record["lr"].append(lr)
-            record["skipped"].append(False)
-            record["step_time"].append(time.perf_counter() - start)
+            if reason is not None and on_nonfinite == "raise":
+                raise FloatingPointError(reason)
+            if reason is None:
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+            skipped = reason is not None
+            step_time = time.perf_counter() - start
+            for key, value in (("loss", loss_value), ("grad_norm", norm), ("clipped_grad_norm", clipped),
+                               ("lr", lr), ("step_time", step_time), ("skipped", skipped)):
+                record[key].append(value)
             bar.update()
             if progress:
                 bar.set_postfix(loss=f"{loss_value:.3g}", grad=f"{norm:.3g}", refresh=False)
+
+            answer = None
+            if callback is not None:
+                answer = callback(StepRecord(step, loss_value, norm, clipped, lr, skipped, step_time,
+                                             model, optimizer))
+            if skipped and on_nonfinite == "stop":  # the failing gradients stay in .grad
+                stopped_at, stop_reason, stopped_by = step, reason, "nonfinite"
+                warnings.warn(f"fit stopped: {reason}; the optimizer step was not taken",
+                              RuntimeWarning, stacklevel=2)
+                break
+            if skipped and sum(record["skipped"]) == 1:  # warn once; History.skipped lists them all
+                warnings.warn(f"fit skipped a step: {reason}; later skips are listed in "
+                              "History.skipped", RuntimeWarning, stacklevel=2)
+            zero_grad()
+            wanted = _callback_stop(answer, step)
+            if wanted is not None:
+                stopped_at, stop_reason, stopped_by = step, wanted, "callback"
+                break
     finally:
         bar.close()
         if attach:
             monitor.detach()
 
-    n_skipped = sum(record["skipped"]) - (stopped_at is not None)
+    n_skipped = sum(record["skipped"]) - (stopped_by == "nonfinite")
     if n_skipped > 1:
         warnings.warn(f"fit skipped {n_skipped} of {steps} steps with a NaN/Inf loss or gradient",
                       RuntimeWarning, stacklevel=2)
     arrays = {k: np.asarray(v, dtype=bool if k == "skipped" else float) for k, v in record.items()}
     return History(**arrays, stopped_at=stopped_at, stop_reason=stop_reason,
-                   nonfinite_layer=nonfinite_layer, steps=steps)
+                   nonfinite_layer=nonfinite_layer, steps=steps, stopped_by=stopped_by)
 
 
-__all__ = ["History", "ON_NONFINITE", "fit"]
+__all__ = ["History", "ON_NONFINITE", "StepRecord", "fit"]

@@ -118,10 +118,122 @@ def test_nonfinite_gradients_like_torch(bad, norm_type):
         clip.clip_grad_norm_(_copy(ours), 1.0, norm_type, error_if_nonfinite=True)
     with pytest.raises(RuntimeError, match="non-finite"):
         torch.nn.utils.clip_grad_norm_(_copy(ours), 1.0, norm_type, error_if_nonfinite=True)
-    got = clip.clip_grad_norm_(ours, 1.0, norm_type)
+    with pytest.warns(RuntimeWarning, match="non-finite"):  # torch says nothing
+        got = clip.clip_grad_norm_(ours, 1.0, norm_type)
     expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0, norm_type)
     torch.testing.assert_close(got, expected, equal_nan=True)
     _grads_equal(ours, theirs)
+
+
+# -- norms that overflow although every entry is finite ----------------------------------------
+
+
+def _huge(dtype=torch.float32, big=2e20, seed=0):
+    """Two parameters whose gradients are finite but whose squares overflow ``dtype``."""
+    params = _params([(3, 4), (5,)], seed, dtype=dtype)
+    params[0].grad[0, 0] = big
+    params[1].grad[2] = -big / 2
+    return params
+
+
+def _flat64(params):
+    return torch.cat([p.grad.to(torch.float64).flatten() for p in params])
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float32, 2e20), (torch.float64, 1e200)])
+@pytest.mark.parametrize("norm_type", [2.0, 3.5])
+def test_total_norm_does_not_overflow_for_finite_entries(dtype, big, norm_type):
+    params = _huge(dtype, big)
+    grads = [p.grad for p in params]
+    # The exact norm, from entries scaled down before the powers are taken.
+    flat = _flat64(params)
+    expected = float(flat.abs().max() * torch.linalg.vector_norm(flat / flat.abs().max(), norm_type))
+    assert math.isinf(float(torch.nn.utils.get_total_norm(grads, norm_type)))  # torch overflows
+    got = clip.total_norm(grads, norm_type)
+    assert got.dtype == dtype and float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_clip_grad_norm_scales_an_overflowing_gradient_instead_of_zeroing_it():
+    ours = _huge()
+    theirs = _copy(ours)
+    before = _flat64(ours)
+    norm = clip.clip_grad_norm_(ours, 1.0)
+    assert float(norm) == pytest.approx(float(before.norm()), rel=1e-6)
+    after = _flat64(ours)
+    assert float(after.norm()) == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(after, before / before.norm(), rtol=1e-5, atol=1e-30)
+    # The documented difference: torch computes N = inf and multiplies every gradient by 0.
+    assert math.isinf(float(torch.nn.utils.clip_grad_norm_(theirs, 1.0)))
+    assert not _flat64(theirs).any()
+
+
+def test_norm_beyond_float32_range_comes_back_in_float64_and_still_clips():
+    ours = _params([(4,)], 0)
+    ours[0].grad[:] = torch.tensor([3e38, -3e38, 2e38, 1.0])
+    before = _flat64(ours)
+    norm = clip.clip_grad_norm_(ours, 2.0)
+    assert norm.dtype == torch.float64 and float(norm) == pytest.approx(float(before.norm()), rel=1e-6)
+    torch.testing.assert_close(_flat64(ours), 2.0 * before / before.norm(), rtol=1e-5, atol=0)
+    assert ours[0].grad[-1] != 0  # 1 / 4.7e38 · 2 = 4e-39 is subnormal in float32, not lost
+
+
+def test_normalized_step_on_an_overflowing_norm_has_length_alpha():
+    params = _huge()
+    before = _flat64(params)
+    norm = clip.normalized_step_(params, 0.5)
+    assert float(norm) == pytest.approx(float(before.norm()), rel=1e-6)
+    torch.testing.assert_close(_flat64(params), 0.5 * before / before.norm(), rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_normalized_step_refuses_a_nonfinite_gradient_and_leaves_it_alone(bad):
+    params = _params([(3, 3), (4,)], 2)
+    params[1].grad[0] = bad
+    before = [p.grad.clone() for p in params]
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        clip.normalized_step_(params, 1.0)
+    for p, b in zip(params, before, strict=True):
+        torch.testing.assert_close(p.grad, b, equal_nan=True, rtol=0, atol=0)
+
+
+def test_per_layer_and_adaptive_clipping_of_an_overflowing_gradient():
+    params = _huge()
+    before = [p.grad.to(torch.float64) for p in params]
+    norms = clip.clip_grad_norm_per_layer_(params, 1.0)
+    torch.testing.assert_close(norms.double(), torch.stack([b.norm() for b in before]), rtol=1e-6, atol=0)
+    for p in params:
+        assert float(p.grad.double().norm()) == pytest.approx(1.0, rel=1e-5)
+    params = _huge()
+    clip.adaptive_clip_grad_(params, clipping=0.1)
+    row = params[0].grad[0].double()  # the unit holding the 2e20 entry is clipped, not zeroed
+    w_row = max(float(params[0].detach()[0].norm()), 1e-3)
+    assert float(row.norm()) == pytest.approx(0.1 * w_row, rel=1e-5) and row[0] > 0
+
+
+def test_per_layer_and_adaptive_clipping_warn_on_nonfinite_entries():
+    for call in (lambda ps: clip.clip_grad_norm_per_layer_(ps, 1.0),
+                 lambda ps: clip.adaptive_clip_grad_(ps, clipping=0.1)):
+        params = _params([(3, 3)], 1)
+        params[0].grad[1, 1] = math.inf
+        with pytest.warns(RuntimeWarning, match="NaN or Inf"):
+            call(params)
+
+
+def test_negative_thresholds_are_refused_where_torch_reverses_the_gradient():
+    """The documented difference: torch accepts a negative max_norm and clip_value."""
+    theirs = _params([(3,)], 0)
+    before = theirs[0].grad.clone()
+    torch.nn.utils.clip_grad_norm_(theirs, -1.0)
+    cosine = torch.nn.functional.cosine_similarity(before, theirs[0].grad, dim=0)
+    assert float(cosine) == pytest.approx(-1.0)  # an ascent direction
+    torch.nn.utils.clip_grad_value_(theirs, -0.5)
+    assert torch.equal(theirs[0].grad, torch.full((3,), -0.5))  # every entry set to -0.5
+    ours = _params([(3,)], 0)
+    with pytest.raises(ValueError, match="max_norm must be >= 0"):
+        clip.clip_grad_norm_(ours, -1.0)
+    with pytest.raises(ValueError, match="clip_value must be >= 0"):
+        clip.clip_grad_value_(ours, -0.5)
+    assert torch.equal(ours[0].grad, before)
 
 
 def test_norm_clipping_keeps_direction_and_caps_the_norm():

@@ -1,4 +1,4 @@
-"""gradlab.exercises_distributed: the global-norm checker accepts a right answer, rejects the
+"""gradlab.exercises.distributed: the global-norm checker accepts a right answer, rejects the
 usual slips with a hint that names them, and reports the reader's errors."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gradlab.exercises_distributed import NORM_TYPES, _global_norm_cases, check_global_norm
+from gradlab.exercises.distributed import GLOBAL_NORM_SLIPS, NORM_TYPES, _global_norm_case, check_global_norm
 
 
 def right(local_norms, norm_type):
@@ -16,11 +16,12 @@ def right(local_norms, norm_type):
 
 
 def test_cases_are_sharded_vectors_with_their_local_norms():
-    cases = _global_norm_cases(12, seed=3)
-    assert {p for _, p, _ in cases} == set(NORM_TYPES)
-    assert any(float(local.min()) == 0.0 for local, _, _ in cases)  # some shard is empty
-    for local, p, v in cases:
-        assert float(right(local, p)) == pytest.approx(float(torch.linalg.vector_norm(v, p)), rel=1e-12)
+    g = torch.Generator().manual_seed(3)
+    cases = [_global_norm_case(g, i) for i in range(12)]
+    assert {c.args[1] for c in cases} == set(NORM_TYPES)
+    assert any(float(c.args[0].min()) == 0.0 for c in cases)  # some shard is empty
+    for c in cases:
+        assert float(right(*c.args)) == pytest.approx(c.expected, rel=1e-12)
 
 
 def test_right_answer_passes():
@@ -39,7 +40,12 @@ def test_right_answer_passes():
 def test_slips_fail_with_a_hint(wrong, hint):
     result = check_global_norm(wrong)
     assert not result.passed
-    assert hint in result.message and "shards" in result.message
+    assert hint in result.message and "shards=" in result.message
+
+
+def test_the_wrong_solutions_cover_the_slip_table():
+    hints = ["local norms were added", "2-norm rule", "largest local norm", "p-th root is missing", "mean"]
+    assert all(any(h in slip for h in hints) for slip in GLOBAL_NORM_SLIPS)
 
 
 def test_in_place_edits_do_not_change_the_reference():

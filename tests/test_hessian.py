@@ -6,7 +6,7 @@ import torch
 from torch.func import functional_call
 
 import gradlab as gl
-from gradlab.hessian import Eigenpair, hvp, top_eigenvalue
+from gradlab.hessian import Eigenpair, _power_iteration, hvp, top_eigenvalue
 
 DT = torch.float64
 
@@ -136,6 +136,107 @@ def test_same_seed_same_result_and_float32_works():
     x = torch.randn(8, 3)
     r = top_eigenvalue(lambda: net32(x).pow(2).mean(), net32, iters=50)
     assert r.vector[0].dtype == torch.float32 and r.value == r.value
+
+
+# -- the top of the spectrum, whatever the signs ------------------------------------------------
+
+
+def _true_residual(closure, params, pair):
+    """``‖Hv - λv‖ / |λ|`` recomputed from scratch for the returned pair."""
+    hv = torch.cat([h.reshape(-1) for h in hvp(closure, params, pair.vector)])
+    v = torch.cat([t.reshape(-1) for t in pair.vector])
+    return float((hv - pair.value * v).norm() / abs(pair.value)), float(v.norm())
+
+
+@pytest.mark.parametrize(
+    "spectrum",
+    [
+        [5.0, -5.0, 1.0],  # the ± pair that stalled the power iteration (4.65, not converged)
+        [3.0, -3.0, 2.0, -2.0, 1.0, -1.0],  # symmetric about 0
+        [-5.0, 5.0 - 1e-3, 1.0, -1.0],  # the negative end dominant by a hair
+        torch.linspace(-10.0, 10.0, 50).tolist(),  # many eigenvalues, symmetric
+        [4.0, 4.0, 4.0, 1.0, 1.0, -2.0],  # degenerate: the Krylov space has 3 dimensions
+        [-3.0, -3.0, -3.0],  # negative definite and degenerate
+        [-1.0, -2.0, -6.0, -6.5],  # negative definite: λ_max = -1, the smallest in magnitude
+        [0.0, 0.0, -1e-3],  # positive semi-definite end at 0
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_top_eigenvalue_is_the_algebraic_top_on_signed_spectra(spectrum, seed):
+    _, theta, closure = _quadratic(spectrum, seed=seed)
+    result = top_eigenvalue(closure, [theta], iters=200, tol=1e-9, seed=seed)
+    assert result.converged and result.iterations <= len(spectrum)
+    assert result.value == pytest.approx(max(spectrum), rel=1e-8, abs=1e-12)
+
+
+def test_top_eigenvalue_stops_at_the_tolerance_and_reports_its_own_residual():
+    _, theta, closure = _quadratic(torch.linspace(-10.0, 10.0, 60).tolist(), seed=4)
+    for tol in (1e-2, 1e-5):
+        result = top_eigenvalue(closure, [theta], iters=200, tol=tol)
+        true, norm = _true_residual(closure, [theta], result)
+        assert result.converged and result.residual <= tol and norm == pytest.approx(1.0, rel=1e-12)
+        assert true == pytest.approx(result.residual, rel=1e-6, abs=1e-13)
+        # A symmetric matrix has an eigenvalue within the residual: here it must be the top, 10.
+        assert abs(result.value - 10.0) <= tol * abs(result.value)
+    stopped = top_eigenvalue(closure, [theta], iters=3, tol=0.0)
+    true, _ = _true_residual(closure, [theta], stopped)
+    assert not stopped.converged and stopped.iterations == 3
+    assert true == pytest.approx(stopped.residual, rel=1e-10)  # value, vector, residual: one pair
+    assert stopped.value < 10.0  # a Ritz value never exceeds λ_max
+
+
+@pytest.mark.parametrize("activation, seed", [("tanh", 5), ("relu", 6), ("gelu", 7), ("sigmoid", 8)])
+def test_top_eigenvalue_matches_eigvalsh_on_networks_with_indefinite_hessians(activation, seed):
+    net, x, y, closure = _small_problem(seed, activation)
+    eigenvalues = torch.linalg.eigvalsh(_explicit_hessian(net, x, y))
+    assert eigenvalues.min() < 0 < eigenvalues.max()  # a saddle: both signs present
+    result = top_eigenvalue(closure, net, iters=500, tol=1e-10, seed=seed)
+    assert result.converged and result.iterations <= len(eigenvalues)
+    assert result.value == pytest.approx(eigenvalues.max().item(), rel=1e-8)
+    true, _ = _true_residual(closure, net, result)
+    assert true == pytest.approx(result.residual, rel=1e-4, abs=1e-12)
+
+
+def test_a_start_with_no_top_component_is_completed_by_a_random_restart():
+    """From an eigenvector of -5 the Krylov space is that one line (an invariant subspace):
+    with tol = 0 the iteration goes on from a random orthogonal vector and finds 5."""
+    a = torch.diag(torch.tensor([5.0, -5.0, 1.0], dtype=DT))
+    theta = torch.zeros(3, dtype=DT, requires_grad=True)
+
+    def closure():
+        return 0.5 * theta @ a @ theta
+
+    start = torch.tensor([0.0, 1.0, 0.0], dtype=DT)
+    full = top_eigenvalue(closure, [theta], iters=10, tol=0.0, init=start)
+    assert full.converged and full.value == pytest.approx(5.0, rel=1e-12)
+    # The documented limit: with a tolerance, a start that is already an eigenvector converges
+    # on its own eigenvalue. A warm start trusts that the top eigenvector has not moved away.
+    warm = top_eigenvalue(closure, [theta], iters=10, tol=1e-6, init=start)
+    assert warm.iterations == 1 and warm.value == pytest.approx(-5.0)
+
+
+def test_zero_hessian_gives_zero():
+    w = torch.randn(4, dtype=DT, requires_grad=True)
+    result = top_eigenvalue(lambda: (3.0 * w).sum(), [w], iters=10)
+    assert result.value == 0.0 and result.converged and result.residual == 0.0
+
+
+def test_power_iteration_returns_value_vector_and_residual_of_one_iterate():
+    a, theta, closure = _quadratic([4.0, 3.0, 1.0, 0.5], seed=3)
+
+    def product(v):
+        return [a @ v[0]]
+
+    start = [torch.randn(4, dtype=DT, generator=torch.Generator().manual_seed(0))]
+    value, v, k, converged, residual = _power_iteration(product, start, iters=5, tol=0.0)
+    assert k == 5 and not converged
+    hv = a @ v[0]
+    assert value == pytest.approx(float(v[0] @ hv), rel=1e-14)
+    assert residual == pytest.approx(float((hv - value * v[0]).norm() / abs(value)), rel=1e-12)
+    # And it stalls on ± spectra, which is why top_eigenvalue uses Lanczos.
+    b = torch.diag(torch.tensor([5.0, -5.0, 1.0], dtype=DT))
+    value, _, _, converged, _ = _power_iteration(lambda v: [b @ v[0]], [torch.ones(3, dtype=DT)], 200, 1e-6)
+    assert not converged and abs(value) < 4.9
 
 
 # -- the chapter's prediction: GD on ½ xᵀAx is stable iff η < 2/λ_max ---------------------------

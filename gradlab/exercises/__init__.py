@@ -11,14 +11,18 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.learning_rate`: the largest stable learning rate, Hessian-vector products
 - :mod:`.optimizers`: one Adam step ("Optimizer choice")
 - :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
+- :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
+- :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
 """
 
 from .accumulation import check_accumulated_gradient
 from .clipping import check_clip_grad_norm
+from .distributed import check_global_norm
 from .harness import CheckResult, check_function
 from .jacobians import check_layer_jacobian, check_scalar_chain_gradient
 from .learning_rate import check_hvp, check_max_stable_lr
 from .mean_field import CHI1_ACTIVATIONS, check_chi1
+from .mixed_precision import check_update_scale
 from .optimizers import check_adam_step
 from .recurrent import check_bptt_jacobian
 
@@ -31,8 +35,10 @@ __all__ = [
     "check_chi1",
     "check_clip_grad_norm",
     "check_function",
+    "check_global_norm",
     "check_hvp",
     "check_layer_jacobian",
     "check_max_stable_lr",
     "check_scalar_chain_gradient",
+    "check_update_scale",
 ]
