@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gradlab.exercises.weight_decay import ADAMW_SLIPS, M, STEP, V, _adamw_case, check_adamw_step
+from gradlab.exercises.weight_decay import ADAMW_SLIPS, STEP, M, V, _adamw_case, check_adamw_step
 
 
 @pytest.fixture(autouse=True)

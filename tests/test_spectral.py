@@ -150,3 +150,73 @@ def test_gradient_descent_on_the_penalty_reaches_an_orthogonal_matrix():
 def test_bad_input(call, error, name):
     with pytest.raises(error, match=name):
         call()
+
+
+# --- the chapter's statements about spectral_norm on a recurrent matrix -------------------------
+
+
+def _normalized_rnn(seed, activation, n=48):
+    torch.manual_seed(seed)
+    net = spectral_norm(gl.models.VanillaRNN(4, n, activation=activation, spectral_radius=1.5), "W")
+    net.eval()
+    return net
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("activation", ["linear", "tanh"])
+def test_spectral_norm_jacobians_obey_the_bound_of_their_largest_singular_value(seed, activation):
+    """Theorem thm-sn-no-explosion: ||dh_T/dh_{T-k}|| <= sigma_max(W_SN)^k, and the gradient of
+    a last-state loss with respect to W is at most ||grad l|| * sum_t ||h_{t-1}||."""
+    net = _normalized_rnn(seed, activation)
+    w = net.W.detach()
+    x = 0.1 * torch.randn(60, 4, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        hs, preacts = net.states(x[None])
+    norms = gl.theory.bptt_jacobian_norms(w, preacts[0], activation)
+    sigma = gl.theory.spectral_norm(w)
+    assert bool((norms <= sigma ** torch.arange(61, dtype=torch.float64) * (1 + 1e-9)).all())
+    plain = gl.models.VanillaRNN(4, 48, activation=activation)  # the same cell, W unparametrized
+    with torch.no_grad():
+        plain.W.copy_(w)
+        plain.U.copy_(net.U)
+        plain.b.copy_(net.b)
+    direction = torch.randn(48, generator=torch.Generator().manual_seed(1))
+    states, _ = plain.states(x[None])
+    (grad_w,) = torch.autograd.grad(states[0, -1] @ direction, plain.W)
+    bound = direction.norm() * hs[0, :-1].norm(dim=1).sum()
+    assert grad_w.norm() <= bound * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_spectral_norm_gradient_vanishes_at_its_spectral_radius(seed):
+    """Gelfand: the factor per step of lag between lags 40 and 90 is rho(W_SN), which is about
+    half of sigma_max for a Gaussian matrix. Tolerance 2 % (a finite window)."""
+    net = _normalized_rnn(seed, "linear")
+    w = net.W.detach()
+    norms = gl.theory.bptt_jacobian_norms(w, torch.zeros(100, 48), "linear")
+    rate = float(norms[90] / norms[40]) ** (1 / 50)
+    rho = gl.theory.spectral_radius(w)
+    assert rate == pytest.approx(rho, rel=0.02)
+    assert 0.4 < rho < 0.7
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recall_at_lag_30_fails_under_spectral_norm_and_works_with_orthogonal(seed):
+    """The chapter's recall task (first input after 29 zeros), 32 tanh units from a Gaussian W of
+    gain 1.5, Adam 2e-2 for 150 steps: spectral_norm stays at the loss of forgetting, torch's
+    orthogonal parametrization learns."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(128, 30, 1)
+    x[:, 0, 0] = torch.randn(128, generator=g)
+    y = x[:, 0].clone()
+    forget = float(y.var(unbiased=False))
+    finals = {}
+    for version, parametrization in (("sn", spectral_norm), ("orth", orthogonal)):
+        with gl.utils.seeded(seed):
+            net = parametrization(gl.models.VanillaRNN(1, 32, 1, gain=1.5), "W")
+        gl.fit(net, torch.nn.functional.mse_loss, (x, y), torch.optim.Adam(net.parameters(), lr=2e-2),
+               steps=150)
+        with torch.no_grad():
+            finals[version] = float(torch.nn.functional.mse_loss(net(x), y))
+    assert finals["sn"] > 0.99 * forget
+    assert finals["orth"] < 0.05 * forget

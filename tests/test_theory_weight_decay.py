@@ -2,10 +2,12 @@
 gradients it describes, with the tolerance and the noise stated."""
 
 import math
+import warnings
 
 import pytest
 import torch
 
+import gradlab as gl
 from gradlab.theory import (
     adam_step_bound,
     adamw_weight_bound,
@@ -190,3 +192,71 @@ def test_penalty_bounds_contain_every_singular_value_and_are_tight():
 def test_bad_input(call, error, name):
     with pytest.raises(error, match=name):
         call()
+
+
+# --- the chapter's statements about L2 under Adam, and weight decay at the first steps --------
+
+
+def _trained(optimizer, weight_decay, scale, *, eps=0.0, steps=60):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g, dtype=torch.float64)
+    y = torch.sin(x.sum(dim=1, keepdim=True))
+    opt = optimizer(model.parameters(), lr=1e-2, weight_decay=weight_decay, eps=eps)
+    for _ in range(steps):
+        opt.zero_grad()
+        (scale * torch.nn.functional.mse_loss(model(x), y)).backward()
+        opt.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e4, 1e6])
+def test_l2_penalty_under_adam_acts_as_lambda_over_c(scale):
+    """Theorem thm-wd-l2-adam, part 1 (eps = 0, float64): Adam with L2 coefficient lam on
+    c * L takes the same steps as Adam with lam / c on L."""
+    scaled = _trained(torch.optim.Adam, 0.1, scale)
+    rescaled = _trained(torch.optim.Adam, 0.1 / scale, 1.0)
+    torch.testing.assert_close(scaled, rescaled, rtol=1e-9, atol=1e-11)
+    assert (scaled - _trained(torch.optim.Adam, 0.1, 1.0)).abs().max() > 1e-3  # it does change
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3, 1e6])
+def test_adamw_steps_do_not_depend_on_the_gradient_scale(scale):
+    """Theorem thm-wd-l2-adam, part 2 (eps = 0, float64)."""
+    torch.testing.assert_close(_trained(torch.optim.AdamW, 0.1, scale),
+                               _trained(torch.optim.AdamW, 0.1, 1.0), rtol=1e-9, atol=1e-11)
+
+
+def test_scaling_every_layer_of_a_bias_free_relu_network_scales_its_output():
+    """Proposition prop-wd-first-steps, part 3: f(a W_1, ..., a W_L) = a^L f(W)."""
+    torch.manual_seed(0)
+    net = gl.mlp(6, 8, in_features=3, out_features=2, activation="relu", bias=False).double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    before = net(x)
+    with torch.no_grad():
+        for w in net.weights:
+            w.mul_(0.7)
+    torch.testing.assert_close(net(x), 0.7**6 * before, rtol=1e-12, atol=1e-15)
+
+
+def test_decay_does_not_stop_the_exploding_network_unless_it_erases_it():
+    """The chapter's verdict, on gl.models.exploding_mlp with SGD at lr 1e-4: decays per step up
+    to 1e-2 diverge at the same step as no decay; 0.1 survives with an output that is gone."""
+    x, y = gl.data.teacher_regression(128, 16, kind="sine", seed=0)
+    fates = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for decay in (0.0, 1e-3, 1e-2, 0.1):
+            model = gl.models.exploding_mlp()
+            opt = torch.optim.SGD(model.parameters(), lr=1e-4, weight_decay=decay / 1e-4)
+            history = gl.fit(model, torch.nn.functional.mse_loss, (x, y), opt, steps=30)
+            fates[decay] = (history, float(model(x).detach().std()))
+    first = {d: h.grad_norm[0] for d, (h, _) in fates.items()}
+    assert len(set(first.values())) == 1  # the gradient of step 0 does not see the decay
+    stop = fates[0.0][0].stopped_at
+    assert stop is not None and all(fates[d][0].stopped_at == stop for d in (1e-3, 1e-2))
+    survivor, output_std = fates[0.1]
+    zero_loss = float((y**2).mean())
+    assert survivor.stopped_at is None and output_std < 1e-3
+    assert survivor.loss[-1] == pytest.approx(zero_loss, rel=1e-3)
