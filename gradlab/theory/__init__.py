@@ -2,9 +2,11 @@
 
 One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
-(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line) and
+(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff). Every function that takes an ``activation`` accepts any name of
+single-unit cliff) and :mod:`~gradlab.theory.weight_decay` (Adam's step bound, how far AdamW
+lets a weight grow, the equilibrium of decay and noise, the orthogonality penalty's bounds).
+Every function that takes an ``activation`` accepts any name of
 :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
 """
 
@@ -38,6 +40,12 @@ from .mean_field import (
     q_star,
 )
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
+from .weight_decay import (
+    adam_step_bound,
+    adamw_weight_bound,
+    noise_equilibrium_rms,
+    penalty_singular_value_bounds,
+)
 
 __all__ = [
     # jacobians
@@ -68,4 +76,9 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
+    # weight_decay
+    "adam_step_bound",
+    "adamw_weight_bound",
+    "noise_equilibrium_rms",
+    "penalty_singular_value_bounds",
 ]
