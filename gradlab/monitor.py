@@ -219,7 +219,7 @@ class GradientMonitor:
         self._param_column = [n_layers + k for k in range(len(self._params))]
         self._sgd = type(optimizer) is torch.optim.SGD
         self._handles: list = []
-        self._snapshot: list[torch.Tensor] = []
+        self._copies: dict[int, torch.Tensor] = {}  # W before a step, where it must be copied
         self.reset()
 
     # -- recording -----------------------------------------------------------------------------
@@ -293,7 +293,7 @@ class GradientMonitor:
         self._grads.append((self._param_column[k], value := _sumsq(_values(grad))))
         if self.optimizer is not None:
             # ||W_old|| for the update ratio, while W is in cache (the backward just read it);
-            # the step uses it if W has not changed since (same version and storage).
+            # the step uses it if W has not changed since (same version counter and storage).
             p = self._params[k]
             self._weights[k] = (_sumsq(_values(p)), p._version, p.data_ptr())
         if self._sgd:
@@ -347,35 +347,39 @@ class GradientMonitor:
             return seen[0]
         return _sumsq(_values(p))
 
+    def _step_from_grad(self, group: dict, p: torch.Tensor) -> bool:
+        """Whether ``p``'s step is ``-lr * p.grad`` (plain SGD), so that no copy is needed."""
+        return (self._sgd and group["momentum"] == 0 and group["weight_decay"] == 0
+                and not group.get("fused") and p.dtype in _EXACT)
+
+    def _copy(self, columns: list[int]) -> None:
+        """Copy these parameters into buffers that are kept, since allocating is slower."""
+        params = [self._params[k].detach() for k in columns]
+        for k, w in zip(columns, params, strict=True):
+            buf = self._copies.get(k)
+            if buf is None or (buf.shape, buf.dtype, buf.device) != (w.shape, w.dtype, w.device):
+                self._copies[k] = torch.empty_like(w)
+        if columns:
+            torch._foreach_copy_([self._copies[k] for k in columns], params)
+
     def _before_step(self, optimizer, args, kwargs) -> None:
         """Prepare ``||W_new - W_old||``: an SGD step's size from the gradient, else a copy."""
-        column = self._column
         sgd, copied = [], []  # (column, lr) and columns
         for group in optimizer.param_groups:
-            plain_sgd = (self._sgd and group["momentum"] == 0 and group["weight_decay"] == 0
-                         and not group.get("fused"))
             for p in group["params"]:
-                k = column.get(id(p))
+                k = self._column.get(id(p))
                 if k is None or p.grad is None:
                     continue  # not the model's, or not stepped: its ratio stays NaN
-                if plain_sgd and p.dtype in _EXACT:
-                    sgd.append((k, float(group["lr"])))  # SGD's step is exactly -lr * grad
+                if self._step_from_grad(group, p):
+                    sgd.append((k, float(group["lr"])))
                 else:
                     copied.append(k)
+        self._copy(copied)
         columns = [k for k, _ in sgd] + copied
-        self._step = None
-        if columns:
-            sums = _read([self._weight_sumsq(k) for k in columns]
-                         + [self._grad_sumsq(k) for k, _ in sgd])
-            old = [math.sqrt(v) for v in sums[:len(columns)]]
-            changes = [lr * math.sqrt(v) for (_, lr), v in zip(sgd, sums[len(columns):], strict=True)]
-            snap = [self._params[k].detach() for k in copied]
-            if [(b.shape, b.dtype, b.device) for b in self._snapshot] != [
-                    (w.shape, w.dtype, w.device) for w in snap]:
-                self._snapshot = [torch.empty_like(w) for w in snap]  # kept: allocating is slower
-            if snap:
-                torch._foreach_copy_(self._snapshot, snap)
-            self._step = (columns, old, changes)
+        sums = _read([self._weight_sumsq(k) for k in columns] + [self._grad_sumsq(k) for k, _ in sgd])
+        old = [math.sqrt(v) for v in sums[:len(columns)]]
+        changes = [lr * math.sqrt(v) for (_, lr), v in zip(sgd, sums[len(columns):], strict=True)]
+        self._step = (columns, old, changes)
         self._seen.clear()
         self._weights.clear()
 
@@ -385,10 +389,11 @@ class GradientMonitor:
             return
         columns, old, changes = self._step
         self._step = None
-        if len(changes) < len(columns):  # the rest: compare with the copy taken before the step
-            copied = [self._params[k].detach() for k in columns[len(changes):]]
-            torch._foreach_sub_(self._snapshot, copied)  # snapshot := W_old - W_new
-            changes = changes + [math.sqrt(v) for v in _read([_sumsq(_values(d)) for d in self._snapshot])]
+        copied = columns[len(changes):]
+        if copied:
+            diffs = [self._copies[k] for k in copied]
+            torch._foreach_sub_(diffs, [self._params[k].detach() for k in copied])  # W_old - W_new
+            changes = changes + [math.sqrt(v) for v in _read([_sumsq(_values(d)) for d in diffs])]
         ratios = self._rows[-1]["update_ratio"]  # the row of the backward pass before the step
         for k, change, before in zip(columns, changes, old, strict=True):
             # A zero parameter that moved has an infinite ratio; one that did not, ratio 0.
@@ -421,7 +426,7 @@ class GradientMonitor:
         self._calls.clear()
         self._seen.clear()
         self._weights.clear()
-        self._snapshot = []
+        self._copies.clear()
 
     def __enter__(self) -> GradientMonitor:
         return self.attach()
