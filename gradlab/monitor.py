@@ -121,7 +121,7 @@ def _moments(t: torch.Tensor) -> tuple:
             c = float(np.float32(c))  # the shift the kernel applies, so that mean = c + S1/n
         d = t - c
         moments = (c, d.sum().item(), torch.dot(d, d).item())
-    if not all(map(math.isfinite, moments)) and t.dtype != torch.float64 and t.isfinite().all():
+    if not math.isfinite(moments[1] + moments[2]) and t.dtype != torch.float64 and t.isfinite().all():
         return _moments(t.double())  # finite entries whose float32 sums overflowed
     return moments
 
@@ -243,15 +243,17 @@ class GradientMonitor:
 
     def _start_forward(self, module, args) -> None:
         # A forward that no backward follows (evaluation) leaves no row: the next forward
-        # replaces its statistics.
+        # replaces its statistics. A backward that raised before its end leaves no row either.
         self._calls.clear()
+        self._grads.clear()
+        self._callback_queued = False
 
     def _on_output(self, layer: int, module, args, output) -> None:
-        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+        if not isinstance(output, torch.Tensor):
             return
         values = _values(output)
-        if values.numel():
-            self._calls.append((layer, values.numel(), *_moments(values)))
+        if n := values.numel():
+            self._calls.append((layer, n, *_moments(values)))
         if output.grad_fn is not None:
             # A hook on the node that made the output receives dL/d(output); it is cheaper
             # than a tensor hook, and it also sees the output as it was before any in-place op.

@@ -776,3 +776,21 @@ def test_deprecated_activation_names_warn_and_equal_the_output_names():
         np.testing.assert_array_equal(mon.activation_means, mon.output_means)
     with pytest.warns(DeprecationWarning, match="output_stds"):
         np.testing.assert_array_equal(mon.activation_stds, mon.output_stds)
+
+
+def test_a_backward_that_raises_midway_does_not_block_later_rows():
+    model, x = _mlp()
+
+    def boom(grad):
+        raise KeyError("boom")
+
+    with GradientMonitor(model) as mon:
+        handle = model[1].linear.weight.register_hook(boom)
+        with pytest.raises(KeyError):
+            model(x).sum().backward()
+        handle.remove()
+        model.zero_grad()
+        model(x).sum().backward()
+    assert mon.steps == 1
+    np.testing.assert_allclose(mon.param_grad_norms[0], [_norm(p.grad) for p in model.parameters()],
+                               rtol=1e-5)
