@@ -220,6 +220,7 @@ class GradientMonitor:
         self._sgd = type(optimizer) is torch.optim.SGD
         self._handles: list = []
         self._copies: dict[int, torch.Tensor] = {}  # W before a step, where it must be copied
+        self._flats: dict[int, torch.Tensor] = {}  # flat views of the parameters
         self.reset()
 
     # -- recording -----------------------------------------------------------------------------
@@ -297,7 +298,7 @@ class GradientMonitor:
             # ||W_old|| for the update ratio, while W is in cache (the backward just read it);
             # the step uses it if W has not changed since (same version counter and storage).
             p = self._params[k]
-            self._weights[k] = (_sumsq(_values(p)), p._version, p.data_ptr())
+            self._weights[k] = (_sumsq(self._flat(k)), p._version, p.data_ptr())
         if self._sgd:
             if self._params[k].grad is None and grad.layout == torch.strided:
                 # .grad will be this tensor (or a copy); remember which, so that the SGD step
@@ -341,6 +342,15 @@ class GradientMonitor:
         if seen is not None and (grad.data_ptr(), grad._version) == seen[2:]:
             return seen[0]
         return _sumsq(_values(grad))
+
+    def _flat(self, k: int) -> torch.Tensor:
+        """Parameter ``k``'s values, flat: a view kept while the parameter keeps its storage."""
+        p, flat = self._params[k], self._flats.get(k)
+        if flat is None or flat.data_ptr() != p.data_ptr():
+            flat = _values(p)
+            if flat.data_ptr() == p.data_ptr():  # not a copy (half precision is upcast)
+                self._flats[k] = flat
+        return flat
 
     def _weight_sumsq(self, k: int) -> float | torch.Tensor:
         """``||W||^2`` before the step, from the backward hook when W has not changed since."""
@@ -429,6 +439,7 @@ class GradientMonitor:
         self._seen.clear()
         self._weights.clear()
         self._copies.clear()
+        self._flats.clear()
 
     def __enter__(self) -> GradientMonitor:
         return self.attach()
