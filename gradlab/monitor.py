@@ -396,7 +396,12 @@ class GradientMonitor:
         self._weights.clear()
 
     def _after_step(self, optimizer, args, kwargs) -> None:
-        """Record each parameter's update ratio ``||W_new - W_old|| / ||W_old||``."""
+        """Record each parameter's update ratio ``||W_new - W_old|| / ||W_old||``.
+
+        :meth:`_before_step` left ``||W_old||`` of every parameter the step moves, the change
+        ``||W_new - W_old||`` of those whose step it read from the gradient (plain SGD), and a
+        copy of ``W_old`` of the others, which is compared here with ``W_new``.
+        """
         if self._step is None or not self._rows:
             return
         columns, old, changes = self._step
