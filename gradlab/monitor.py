@@ -256,8 +256,8 @@ class GradientMonitor:
         if n := values.numel():
             self._calls.append((layer, n, *_moments(values)))
         if output.grad_fn is not None:
-            # A hook on the node that made the output receives dL/d(output); it is cheaper
-            # than a tensor hook, and it also sees the output as it was before any in-place op.
+            # A hook on the node that made the output receives dL/d(output); it is cheaper to
+            # register than a tensor hook, and sees the output as it was before any in-place op.
             output.grad_fn.register_prehook(partial(self._on_output_grad, layer, output.output_nr))
 
     def _end_forward(self, module=None, args=None, output=None) -> None:
@@ -318,6 +318,8 @@ class GradientMonitor:
         self._callback_queued = False
         self._end_forward()  # layers called outside the model's own forward
         grads, self._grads = self._grads, []
+        if not grads:
+            return
         values = _read([v for _, v in grads])
         sums: dict[int, float] = {}
         for (column, _), value in zip(grads, values, strict=True):
