@@ -2,10 +2,12 @@
 
 One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
-(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line) and
+(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff). Every function that takes an ``activation`` accepts any name of
-:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
+single-unit cliff) and :mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under
+noise, the shadow of a gradient spike, its stability threshold). Every function that takes an
+``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is
+available as ``gl.theory.X``.
 """
 
 from .jacobians import (
@@ -32,6 +34,14 @@ from .mean_field import (
     gaussian_expectation,
     length_map,
     q_star,
+)
+from .optimizers import (
+    adam_noise_step_mean,
+    adam_noise_step_rms,
+    adam_spike_ratio,
+    adam_spike_recovery,
+    adam_stability_threshold,
+    adam_step_bound,
 )
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
 
@@ -61,4 +71,11 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
+    # optimizers
+    "adam_step_bound",
+    "adam_noise_step_mean",
+    "adam_noise_step_rms",
+    "adam_spike_ratio",
+    "adam_spike_recovery",
+    "adam_stability_threshold",
 ]
