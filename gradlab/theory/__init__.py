@@ -4,10 +4,11 @@ One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (bac
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff) and :mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under
-noise, the shadow of a gradient spike, its stability threshold). Every function that takes an
-``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is
-available as ``gl.theory.X``.
+single-unit cliff), :mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under noise,
+the shadow of a gradient spike, its stability threshold) and :mod:`~gradlab.theory.weight_decay`
+(how far AdamW lets a weight grow, the equilibrium of decay and noise, the orthogonality
+penalty's bounds). Every function that takes an ``activation`` accepts any name of
+:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
 """
 
 from .jacobians import (
@@ -26,13 +27,17 @@ from .jacobians import (
 
 # The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
 from .mean_field import _chi1_callable as _chi1_callable
+from .mean_field import _moment_map_callable as _moment_map_callable
 from .mean_field import _q_star_callable as _q_star_callable
 from .mean_field import (
     chi1,
     critical_sigma_w,
     depth_scale,
     gaussian_expectation,
+    gradient_factor,
     length_map,
+    moment_map,
+    normalizing_sigma_w,
     q_star,
 )
 from .optimizers import (
@@ -44,6 +49,11 @@ from .optimizers import (
     adam_step_bound,
 )
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
+from .weight_decay import (
+    adamw_weight_bound,
+    noise_equilibrium_rms,
+    penalty_singular_value_bounds,
+)
 
 __all__ = [
     # jacobians
@@ -65,6 +75,9 @@ __all__ = [
     "chi1",
     "depth_scale",
     "critical_sigma_w",
+    "gradient_factor",
+    "normalizing_sigma_w",
+    "moment_map",
     # recurrent
     "bptt_jacobian",
     "bptt_jacobian_norms",
@@ -78,4 +91,8 @@ __all__ = [
     "adam_spike_ratio",
     "adam_spike_recovery",
     "adam_stability_threshold",
+    # weight_decay
+    "adamw_weight_bound",
+    "noise_equilibrium_rms",
+    "penalty_singular_value_bounds",
 ]
