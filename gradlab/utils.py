@@ -52,7 +52,8 @@ def book_threads() -> int:
 def setup_chapter(seed: int = 0, *, threads: int | None = None) -> None:
     """The first call of every chapter: seed everything, apply the plot style, set the threads.
 
-    It calls :func:`seed_everything` with ``seed``, :func:`gradlab.plot.use_style`, and ``torch.set_num_threads(threads)`` with ``threads``
+    It calls :func:`seed_everything` with ``seed``, :func:`gradlab.plot.use_style`, and
+    ``torch.set_num_threads(threads)`` with ``threads``
     defaulting to :func:`book_threads` (one, unless ``$GRADLAB_THREADS`` says otherwise).
 
     Why one thread: the book's models are small (widths 8 to 512, batches up to a few hundred),
