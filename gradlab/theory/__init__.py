@@ -4,9 +4,10 @@ One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (bac
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff) and :mod:`~gradlab.theory.weight_decay` (Adam's step bound, how far AdamW
-lets a weight grow, the equilibrium of decay and noise, the orthogonality penalty's bounds).
-Every function that takes an ``activation`` accepts any name of
+single-unit cliff), :mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under noise,
+the shadow of a gradient spike, its stability threshold) and :mod:`~gradlab.theory.weight_decay`
+(how far AdamW lets a weight grow, the equilibrium of decay and noise, the orthogonality
+penalty's bounds). Every function that takes an ``activation`` accepts any name of
 :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
 """
 
@@ -41,9 +42,16 @@ from .mean_field import (
 from .mean_field import _chi1_callable as _chi1_callable
 from .mean_field import _moment_map_callable as _moment_map_callable
 from .mean_field import _q_star_callable as _q_star_callable
+from .optimizers import (
+    adam_noise_step_mean,
+    adam_noise_step_rms,
+    adam_spike_ratio,
+    adam_spike_recovery,
+    adam_stability_threshold,
+    adam_step_bound,
+)
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
 from .weight_decay import (
-    adam_step_bound,
     adamw_weight_bound,
     noise_equilibrium_rms,
     penalty_singular_value_bounds,
@@ -80,8 +88,14 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
-    # weight_decay
+    # optimizers
     "adam_step_bound",
+    "adam_noise_step_mean",
+    "adam_noise_step_rms",
+    "adam_spike_ratio",
+    "adam_spike_recovery",
+    "adam_stability_threshold",
+    # weight_decay
     "adamw_weight_bound",
     "noise_equilibrium_rms",
     "penalty_singular_value_bounds",
