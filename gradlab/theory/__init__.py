@@ -4,10 +4,13 @@ One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (bac
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line) and
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff). Every function that takes an ``activation`` accepts any name of
-:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
+single-unit cliff) and :mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on
+x⁴, the clipped walk, the fixed point of clipped SGD). Every function that takes an
+``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is
+available as ``gl.theory.X``.
 """
 
+from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
 from .jacobians import (
     activation_derivative,
     average_growth_factor,
@@ -61,4 +64,8 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
+    # clipping
+    "quartic_gd_threshold",
+    "quartic_clipped_steps",
+    "clipped_sgd_fixed_point",
 ]
