@@ -2,7 +2,7 @@
 
 One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
-(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line) and
+(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
 single-unit cliff) and :mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on
 x⁴, the clipped walk, the fixed point of clipped SGD). Every function that takes an
