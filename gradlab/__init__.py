@@ -1,14 +1,16 @@
 """gradlab: the tested code behind the executable textbook on exploding gradients.
 
-Modules: ``activations`` (the one activation registry), ``models`` (networks with
-init/activation/depth knobs), ``monitor`` (per-layer gradient statistics), ``theory``
-(closed-form results), ``distributed`` (clipping and NaN checks across processes), ``plot``
-(the book's figures), ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding,
-the thread policy, device, source).
+Modules: ``activations`` (the one activation registry), ``amp`` (16-bit casts, dynamic loss
+scaling), ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
+gradient statistics), ``theory`` (closed-form results), ``spectral`` (singular values of a
+model's weights, the orthogonality penalty), ``distributed`` (clipping and NaN checks across
+processes), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's solutions),
+``utils`` (seeding, the thread policy, device, source).
 """
 
 from . import (
     activations,
+    amp,
     clip,
     data,
     distributed,
@@ -17,6 +19,7 @@ from . import (
     models,
     monitor,
     plot,
+    spectral,
     theory,
     train,
     utils,
@@ -30,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GradientMonitor",
     "activations",
+    "amp",
     "NonFiniteError",
     "clip",
     "data",
@@ -45,6 +49,7 @@ __all__ = [
     "seed_everything",
     "setup_chapter",
     "show_source",
+    "spectral",
     "theory",
     "train",
     "utils",

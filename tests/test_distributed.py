@@ -102,8 +102,11 @@ def test_no_overflow_or_underflow_where_float32_sums_fail(value, p):
     grads = [torch.full((4,), value)]
     exact = 4 ** (1 / p) * value
     assert float(gd.total_norm(grads, p)) == pytest.approx(exact, rel=1e-6)
-    # torch (and gradlab.clip, its copy) sums |g|^p in float32: inf or 0 here.
-    assert float(clip.total_norm(grads, p)) in (math.inf, 0.0)
+    # torch sums |g|^p in float32: inf or 0 here. gradlab.clip rescues the overflow (a float64
+    # recomputation), not the underflow, which only leaves a gradient unclipped.
+    assert float(torch.nn.utils.get_total_norm(grads, p)) in (math.inf, 0.0)
+    if value > 1:
+        assert float(clip.total_norm(grads, p)) == pytest.approx(exact, rel=1e-6)
     params = _with_grads(grads)
     gd.clip_grad_norm_(params, 1.0, norm_type=p)
     assert float(torch.linalg.vector_norm(params[0].grad.double(), p)) == pytest.approx(

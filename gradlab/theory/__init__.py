@@ -4,10 +4,11 @@ One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (bac
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff) and :mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on
-x⁴, the clipped walk, the fixed point of clipped SGD). Every function that takes an
-``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is
-available as ``gl.theory.X``.
+single-unit cliff), :mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
+the clipped walk, the fixed point of clipped SGD) and :mod:`~gradlab.theory.weight_decay`
+(Adam's step bound, how far AdamW lets a weight grow, the equilibrium of decay and noise, the
+orthogonality penalty's bounds). Every function that takes an ``activation`` accepts any name of
+:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
 """
 
 from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
@@ -27,16 +28,26 @@ from .jacobians import (
 
 # The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
 from .mean_field import _chi1_callable as _chi1_callable
+from .mean_field import _moment_map_callable as _moment_map_callable
 from .mean_field import _q_star_callable as _q_star_callable
 from .mean_field import (
     chi1,
     critical_sigma_w,
     depth_scale,
     gaussian_expectation,
+    gradient_factor,
     length_map,
+    moment_map,
+    normalizing_sigma_w,
     q_star,
 )
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
+from .weight_decay import (
+    adam_step_bound,
+    adamw_weight_bound,
+    noise_equilibrium_rms,
+    penalty_singular_value_bounds,
+)
 
 __all__ = [
     # jacobians
@@ -58,6 +69,9 @@ __all__ = [
     "chi1",
     "depth_scale",
     "critical_sigma_w",
+    "gradient_factor",
+    "normalizing_sigma_w",
+    "moment_map",
     # recurrent
     "bptt_jacobian",
     "bptt_jacobian_norms",
@@ -68,4 +82,9 @@ __all__ = [
     "quartic_gd_threshold",
     "quartic_clipped_steps",
     "clipped_sgd_fixed_point",
+    # weight_decay
+    "adam_step_bound",
+    "adamw_weight_bound",
+    "noise_equilibrium_rms",
+    "penalty_singular_value_bounds",
 ]
