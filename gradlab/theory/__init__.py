@@ -5,10 +5,12 @@ a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.me
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
 single-unit cliff), :mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
-the clipped walk, the fixed point of clipped SGD) and :mod:`~gradlab.theory.weight_decay`
-(Adam's step bound, how far AdamW lets a weight grow, the equilibrium of decay and noise, the
-orthogonality penalty's bounds). Every function that takes an ``activation`` accepts any name of
-:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
+the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.optimizers` (Adam's
+step bound, its size under noise, the shadow of a gradient spike, its stability threshold) and
+:mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
+and noise, the orthogonality penalty's bounds). Every function that takes an ``activation``
+accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
+``gl.theory.X``.
 """
 
 from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
@@ -41,9 +43,16 @@ from .mean_field import (
     normalizing_sigma_w,
     q_star,
 )
+from .optimizers import (
+    adam_noise_step_mean,
+    adam_noise_step_rms,
+    adam_spike_ratio,
+    adam_spike_recovery,
+    adam_stability_threshold,
+    adam_step_bound,
+)
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
 from .weight_decay import (
-    adam_step_bound,
     adamw_weight_bound,
     noise_equilibrium_rms,
     penalty_singular_value_bounds,
@@ -82,8 +91,14 @@ __all__ = [
     "quartic_gd_threshold",
     "quartic_clipped_steps",
     "clipped_sgd_fixed_point",
-    # weight_decay
+    # optimizers
     "adam_step_bound",
+    "adam_noise_step_mean",
+    "adam_noise_step_rms",
+    "adam_spike_ratio",
+    "adam_spike_recovery",
+    "adam_stability_threshold",
+    # weight_decay
     "adamw_weight_bound",
     "noise_equilibrium_rms",
     "penalty_singular_value_bounds",
