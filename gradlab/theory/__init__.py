@@ -4,13 +4,16 @@ One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (bac
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff), :mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under noise,
-the shadow of a gradient spike, its stability threshold) and :mod:`~gradlab.theory.weight_decay`
-(how far AdamW lets a weight grow, the equilibrium of decay and noise, the orthogonality
-penalty's bounds). Every function that takes an ``activation`` accepts any name of
-:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
+single-unit cliff), :mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
+the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.optimizers` (Adam's
+step bound, its size under noise, the shadow of a gradient spike, its stability threshold) and
+:mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
+and noise, the orthogonality penalty's bounds). Every function that takes an ``activation``
+accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
+``gl.theory.X``.
 """
 
+from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
 from .jacobians import (
     activation_derivative,
     average_growth_factor,
@@ -88,6 +91,10 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
+    # clipping
+    "quartic_gd_threshold",
+    "quartic_clipped_steps",
+    "clipped_sgd_fixed_point",
     # optimizers
     "adam_step_bound",
     "adam_noise_step_mean",
