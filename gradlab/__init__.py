@@ -3,7 +3,8 @@
 Modules: ``activations`` (the one activation registry), ``amp`` (16-bit casts, dynamic loss
 scaling), ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
 gradient statistics), ``theory`` (closed-form results), ``distributed`` (clipping and NaN checks
-across processes), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's
+across processes), ``plot`` (the book's figures), ``propagation`` (signals and gradients through random
+networks, measured), ``exercises`` (checkers for the reader's
 solutions), ``utils`` (seeding, the thread policy, device, source).
 """
 
@@ -18,6 +19,7 @@ from . import (
     models,
     monitor,
     plot,
+    propagation,
     theory,
     train,
     utils,
@@ -44,6 +46,7 @@ __all__ = [
     "models",
     "monitor",
     "plot",
+    "propagation",
     "seed_everything",
     "setup_chapter",
     "show_source",

@@ -1,5 +1,5 @@
 """Tests for gradlab.theory.recurrent: BPTT Jacobians against autograd, the Pascanu bound,
-the single-unit cliff against autograd and simulation."""
+the single-unit cliff and its saddle-node bifurcation against autograd and simulation."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gradlab.activations import ACTIVATIONS
-from gradlab.models import VanillaRNN
+from gradlab.models import VanillaRNN, single_unit_last_state
 from gradlab.theory import (
     bptt_jacobian,
     bptt_jacobian_norms,
@@ -16,6 +16,8 @@ from gradlab.theory import (
     matrix_power_norms,
     max_slope,
     pascanu_bound,
+    saddle_node_bias,
+    saddle_node_offset,
     spectral_norm,
     spectral_radius,
 )
@@ -160,6 +162,72 @@ def test_cliff_sensitivities_follow_the_documented_recurrences():
         assert math.isclose(cliff_gradient_norm(w, h0, T), math.hypot(d, e), rel_tol=1e-12)
 
 
+def _fixed_points(w, b, grid=200_001):
+    """Sign changes of tanh(w h + b) - h on a fine grid of h in (-1, 1)."""
+    h = torch.linspace(-0.999999, 0.999999, grid, dtype=torch.float64)
+    excess = torch.tanh(w * h + b) - h
+    return int((torch.sign(excess[1:]) != torch.sign(excess[:-1])).sum())
+
+
+def test_saddle_node_bias_is_where_two_fixed_points_merge():
+    for w in (1.1, 1.5, 3.0):
+        b = saddle_node_bias(w)
+        h = math.sqrt(1 - 1 / w)
+        assert math.isclose(math.tanh(w * h + b), h, rel_tol=1e-12)  # h_sn is a fixed point ...
+        assert math.isclose(w * (1 - h * h), 1.0, rel_tol=1e-12)  # ... with slope exactly 1
+        assert _fixed_points(w, b + 1e-3) == 3
+        assert _fixed_points(w, b - 1e-3) == 1
+        assert _fixed_points(w, -b - 1e-3) == 3  # the mirror image at -b_sn
+        assert _fixed_points(w, -b + 1e-3) == 1
+
+
+def _jump(w, steps, h0=0.5):
+    """The bias where h_T crosses 0 below saddle_node_bias(w) (h_0 = 0.5 > h_sn), by bisection
+    in plain Python, and dh_T/db there by the forward recurrence d_t = (1 - h_t²)(w d_{t-1} + 1)."""
+    def final(b):
+        h = h0
+        for _ in range(steps):
+            h = math.tanh(w * h + b)
+        return h
+
+    lo, hi = saddle_node_bias(w) - 1.0, saddle_node_bias(w)
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if final(mid) > 0 else (mid, hi)
+    b = 0.5 * (lo + hi)
+    h, d = h0, 0.0
+    for _ in range(steps):
+        h = math.tanh(w * h + b)
+        d = (1 - h * h) * (w * d + 1)
+    return b, d
+
+
+def test_saddle_node_offset_and_the_cubic_growth_of_the_gradient():
+    """h_0 = 0.5 > h_sn for w = 1.2, so h_T jumps where the orbit needs T steps to pass the
+    vanished fixed point: b_sn - b_T -> pi² / (h_sn T²) as T grows (measured: ratio 0.505 at
+    T = 50, 0.944 at 800, 0.986 at 3200; the correction is about 2 T_0 / T, the steps spent
+    entering and leaving the bottleneck). The gradient there grows like T³ (local exponent
+    2.97 between T = 1600 and 3200), not like s^T."""
+    w = 1.2
+    ratios, grads = [], []
+    for steps in (800, 1600, 3200):
+        b, d = _jump(w, steps)
+        ratios.append((saddle_node_bias(w) - b) / saddle_node_offset(w, steps))
+        grads.append(d)
+    assert ratios[0] < ratios[1] < ratios[2] < 1.0
+    assert abs(ratios[2] - 1) < 0.03
+    exponent = math.log(grads[2] / grads[1]) / math.log(2)
+    assert 2.85 < exponent < 3.05, exponent
+
+
+def test_saddle_node_jump_matches_autograd_of_the_shared_model():
+    """The same gradient by autograd through gradlab.models.single_unit_last_state."""
+    b, d = _jump(1.2, 50)
+    bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(single_unit_last_state(1.2, bt), bt)
+    assert math.isclose(float(g), d, rel_tol=1e-9)
+
+
 W3 = torch.eye(3)
 BAD_INPUTS = [
     (ValueError, "W", lambda: bptt_jacobian_norms(torch.ones(3, 4), torch.zeros(5, 3), "tanh")),
@@ -177,6 +245,10 @@ BAD_INPUTS = [
     (TypeError, "w", lambda: cliff_bias("2", 0.5)),
     (ValueError, "steps", lambda: cliff_gradient_norm(2.0, 0.5, -1)),
     (ValueError, "h0", lambda: cliff_gradient_norm(2.0, -1.5, 10)),
+    (ValueError, "w", lambda: saddle_node_bias(1.0)),
+    (TypeError, "w", lambda: saddle_node_bias("2")),
+    (ValueError, "w", lambda: saddle_node_offset(0.5, 10)),
+    (ValueError, "steps", lambda: saddle_node_offset(2.0, 0)),
 ]
 
 

@@ -2,12 +2,15 @@
 
 One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
-(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line) and
-:mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff). Every function that takes an ``activation`` accepts any name of
-:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
+(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
+:mod:`~gradlab.theory.correlation` (two inputs through a wide network: the correlation map, its
+fixed point and depth scale) and :mod:`~gradlab.theory.recurrent` (backpropagation through time,
+the Pascanu bound, the single-unit cliff and its saddle-node bifurcation). Every function that
+takes an ``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public
+name is available as ``gl.theory.X``.
 """
 
+from .correlation import c_star, correlation_depth_scale, correlation_map, correlation_slope
 from .jacobians import (
     activation_derivative,
     average_growth_factor,
@@ -33,7 +36,15 @@ from .mean_field import (
     length_map,
     q_star,
 )
-from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
+from .recurrent import (
+    bptt_jacobian,
+    bptt_jacobian_norms,
+    cliff_bias,
+    cliff_gradient_norm,
+    pascanu_bound,
+    saddle_node_bias,
+    saddle_node_offset,
+)
 
 __all__ = [
     # jacobians
@@ -61,4 +72,11 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
+    "saddle_node_bias",
+    "saddle_node_offset",
+    # correlation
+    "correlation_map",
+    "correlation_slope",
+    "c_star",
+    "correlation_depth_scale",
 ]

@@ -118,3 +118,43 @@ def cliff_gradient_norm(w: float, h0: float, steps: int) -> float:
     s = w * c
     geometric = float(steps) if s == 1.0 else (s**steps - 1.0) / (s - 1.0)
     return math.sqrt(1.0 + h0 * h0) * c * geometric
+
+
+def _saddle_node_state(w: float) -> float:
+    w = check_real("w", w)
+    if not w > 1.0:
+        raise ValueError(f"w must be > 1 (for w <= 1 the map has a single fixed point), got {w}")
+    return math.sqrt(1.0 - 1.0 / w)
+
+
+def saddle_node_bias(w: float) -> float:
+    """The bias ``b_sn = atanh(h_sn) - w h_sn``, ``h_sn = sqrt(1 - 1/w)``, at which the upper
+    stable fixed point of ``h -> tanh(w h + b)`` merges with the unstable one and disappears
+    (a saddle-node bifurcation; Doya 1993). Requires ``w > 1``.
+
+    A fixed point solves ``b = g(h) := atanh(h) - w h``. Since ``g'(h) = 1 / (1 - h²) - w``
+    vanishes at ``h = ±h_sn``, where the map's slope ``w (1 - h²)`` is exactly 1, ``g`` has a
+    local minimum ``b_sn < 0`` at ``+h_sn`` and, by symmetry, a local maximum ``-b_sn`` at
+    ``-h_sn``: for ``b_sn < b < -b_sn`` there are three fixed points, outside one. Lowering
+    ``b`` through ``b_sn`` removes the upper pair, and every orbit that went to the upper stable
+    fixed point (those from ``h_0 > h_sn``) goes to the lower one instead.
+    """
+    h_sn = _saddle_node_state(w)
+    return math.atanh(h_sn) - w * h_sn
+
+
+def saddle_node_offset(w: float, steps: int) -> float:
+    """``pi² / (h_sn T²)``: how far below :func:`saddle_node_bias` the bias must be for the
+    orbit to need ``T`` steps to pass the vanished fixed point (to leading order in ``1/T``).
+
+    Just below ``b_sn``, at ``b = b_sn - eps``, the map near ``h_sn`` is ``x -> x - eps / w -
+    w h_sn x²`` (``x = h - h_sn``; ``df/db = 1 - h_sn² = 1/w``, ``f'' = -2 w h_sn``): a narrow
+    bottleneck. Passing it takes ``tau = integral dx / (eps/w + w h_sn x²) = pi / sqrt(h_sn eps)``
+    steps, so ``h_T`` switches branch where ``tau = T``, at ``eps_T = pi² / (h_sn T²)``. Since
+    ``dtau/deps = -tau / (2 eps)``, the switch is ``2 eps_T / T ~ T^-3`` wide in ``b``, and the
+    gradient ``dh_T/db`` there grows like ``T³``: polynomially, where on the line
+    :func:`cliff_bias` it grows like ``s^T``.
+    """
+    h_sn = _saddle_node_state(w)
+    steps = check_int("steps", steps, minimum=1)
+    return math.pi**2 / (h_sn * steps**2)
