@@ -13,6 +13,7 @@ from gradlab.theory import (
     bptt_jacobian_norms,
     cliff_bias,
     cliff_gradient_norm,
+    dominant_mode_norms,
     matrix_power_norms,
     max_slope,
     pascanu_bound,
@@ -162,6 +163,34 @@ def test_cliff_sensitivities_follow_the_documented_recurrences():
         assert math.isclose(cliff_gradient_norm(w, h0, T), math.hypot(d, e), rel_tol=1e-12)
 
 
+def test_dominant_mode_norms_closed_forms():
+    # normal: rho^k exactly; a 2 x 2 triangular matrix: the projector onto lambda = 1 along the
+    # eigenvector of 1/2 is [[1, 2a], [0, 0]], of norm sqrt(1 + 4a²), for every k
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    torch.testing.assert_close(dominant_mode_norms(0.9 * Q, 20), 0.9 ** torch.arange(21, dtype=torch.float64))
+    a = 3.0
+    A = torch.tensor([[1.0, a], [0.0, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(dominant_mode_norms(A, 10), torch.full((11,), math.sqrt(1 + 4 * a * a),
+                                                                      dtype=torch.float64))
+    assert math.isclose(float(matrix_power_norms(A, 60)[-1]), math.sqrt(1 + 4 * a * a), rel_tol=1e-12)
+
+
+def test_power_norms_approach_the_dominant_modes_geometrically():
+    """For a random non-normal matrix the relative gap between ||W^k|| and the dominant modes'
+    norm shrinks like (|lambda_next| / rho)^k: the offset of ||W^k|| above rho^k is set by the
+    conditioning of the dominant eigenvectors."""
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(40, 40, generator=g, dtype=torch.float64) / 40**0.5
+    W = W / spectral_radius(W)
+    moduli = torch.linalg.eigvals(W).abs().sort(descending=True).values
+    second = float(moduli[moduli < 1 - 1e-6][0])
+    exact, modes = matrix_power_norms(W, 300), dominant_mode_norms(W, 300)
+    gap = ((exact - modes).abs() / modes)
+    for k in (100, 200, 300):
+        assert float(gap[k]) < 5 * second**k * float(modes[k]), (k, float(gap[k]), second**k)
+    assert float(gap[300]) < 1e-3
+
+
 def _fixed_points(w, b, grid=200_001):
     """Sign changes of tanh(w h + b) - h on a fine grid of h in (-1, 1)."""
     h = torch.linspace(-0.999999, 0.999999, grid, dtype=torch.float64)
@@ -245,6 +274,9 @@ BAD_INPUTS = [
     (TypeError, "w", lambda: cliff_bias("2", 0.5)),
     (ValueError, "steps", lambda: cliff_gradient_norm(2.0, 0.5, -1)),
     (ValueError, "h0", lambda: cliff_gradient_norm(2.0, -1.5, 10)),
+    (ValueError, "W", lambda: dominant_mode_norms(torch.ones(2, 3), 3)),
+    (ValueError, "max_power", lambda: dominant_mode_norms(W3, -1)),
+    (ValueError, "rtol", lambda: dominant_mode_norms(W3, 2, rtol=-0.1)),
     (ValueError, "w", lambda: saddle_node_bias(1.0)),
     (TypeError, "w", lambda: saddle_node_bias("2")),
     (ValueError, "w", lambda: saddle_node_offset(0.5, 10)),

@@ -41,6 +41,7 @@ from .recurrent import (
     bptt_jacobian_norms,
     cliff_bias,
     cliff_gradient_norm,
+    dominant_mode_norms,
     pascanu_bound,
     saddle_node_bias,
     saddle_node_offset,
@@ -72,6 +73,7 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
+    "dominant_mode_norms",
     "saddle_node_bias",
     "saddle_node_offset",
     # correlation

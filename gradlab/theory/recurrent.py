@@ -79,6 +79,34 @@ def pascanu_bound(W: torch.Tensor, activation: str, lag: int) -> float:
     return (gamma * spectral_norm(W)) ** lag
 
 
+def dominant_mode_norms(W: torch.Tensor, max_power: int, *, rtol: float = 1e-6) -> torch.Tensor:
+    """``||sum_i lambda_i^k v_i u_i^T||_2`` for ``k = 0, ..., max_power``, the sum over the
+    eigenvalues of largest modulus ``|lambda_i| = rho`` (within ``rtol``): the part of ``W^k``
+    that survives when ``k`` is large.
+
+    For a diagonalizable ``W = V diag(lambda) V^-1``, ``W^k = sum_i lambda_i^k P_i`` with the
+    spectral projectors ``P_i = v_i u_i^T`` (``v_i`` a column of ``V``, ``u_i^T`` the matching row
+    of ``V^-1``). The other terms shrink like ``(|lambda_next| / rho)^k`` relative to these, so
+    ``||W^k|| / rho^k`` tends to this norm over ``rho^k``. For one real dominant eigenvalue it is
+    ``||P_1|| = ||u_1|| ||v_1||``, the eigenvalue's condition number (1 for a normal ``W``); for
+    a complex pair it oscillates with ``k``. Returned as a float64 tensor of ``max_power + 1``.
+    """
+    W = check_tensor("W", W, ndim=2).detach().double()
+    if W.shape[0] != W.shape[1]:
+        raise ValueError(f"W must be square, got shape {tuple(W.shape)}")
+    max_power = check_int("max_power", max_power, minimum=0)
+    rtol = check_real("rtol", rtol, minimum=0.0)
+    eigenvalues, V = torch.linalg.eig(W.to(torch.complex128))
+    moduli = eigenvalues.abs()
+    keep = moduli >= (1.0 - rtol) * moduli.max()
+    right, left = V[:, keep], torch.linalg.inv(V)[keep, :]
+    powers = eigenvalues[keep]
+    norms = []
+    for k in range(max_power + 1):
+        norms.append(torch.linalg.matrix_norm((right * powers**k) @ left, ord=2))
+    return torch.stack(norms).double()
+
+
 def _check_cliff(w: float, h0: float) -> tuple[float, float]:
     w = check_real("w", w)
     h0 = check_real("h0", h0)
