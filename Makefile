@@ -5,6 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gradlab-installed
 SITE   := _build/html/index.html
+# Executed chapters, keyed by their code; emptied when gradlab/ or the pins change
+# (book/_ext/chapter_cache.py). The site build and pytest both read and fill it.
+CACHE  := _build/.jupyter_cache
 
 .PHONY: book test lab bench lint unit chapters site lock clean
 
@@ -16,18 +19,26 @@ $(STAMP): pyproject.toml constraints.txt .jupyter/lab-overrides.json
 	@# .md chapters open as notebooks in JupyterLab (jupytext), for this environment only.
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
 	@cp .jupyter/lab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	@# The kernel's display name is written into a chapter's header when JupyterLab saves it:
+	@# name it as the headers do ("Python 3", not ipykernel's "Python 3 (ipykernel)").
+	@$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" > /dev/null
 	@touch $@
 
-## make book: execute every chapter and build the static site.
+## make book: build the static site. Chapters whose code changed (or all of them, when gradlab/
+## or the pins changed) are executed first, in parallel, and cached; the others are not executed.
+## make book FORCE=1 empties the cache and executes every chapter.
 book: $(STAMP)
-	$(BIN)/jupyter-book build . --path-output . --all
+	$(if $(FORCE),rm -rf $(CACHE))
+	$(BIN)/jupyter-book build . --path-output .
 	@echo "Site: $(CURDIR)/$(SITE)"
 
-## make test: lint, unit tests, every chapter executed, site built with warnings as errors.
+## make test: lint; the site built with warnings as errors (every page re-read; chapters not in
+## the cache executed, once); the offline check; pytest: unit tests, every chapter (from the
+## cache the site build just filled), and the site's pages in headless Chromium.
 test: $(STAMP) lint site unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check gradlab tests bench conftest.py
+	$(BIN)/ruff check gradlab tests bench conftest.py book/_ext
 
 site: $(STAMP)
 	$(BIN)/jupyter-book build . --path-output . --all -W -n --keep-going
@@ -36,11 +47,15 @@ site: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
+## make chapters: execute the chapters that are not in the cache (in parallel), nothing else.
+chapters: $(STAMP)
+	$(BIN)/python book/_ext/chapter_cache.py
+
 ## make lab: open the chapters in JupyterLab (.md chapters open as notebooks).
 lab: $(STAMP)
-	$(BIN)/jupyter lab book/
+	$(BIN)/jupyter lab book/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-## make bench: chapter times, test-suite time, monitor and clipping overheads.
+## make bench: chapter times, warm site rebuild, test-suite time, monitor and clipping overheads.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
@@ -50,5 +65,6 @@ lock:
 	/tmp/gradlab-lock/bin/pip freeze --exclude-editable | grep -v '^gradlab' > constraints.txt.new
 	@echo "Review constraints.txt.new and move it over constraints.txt (keep the header)."
 
+## make clean: remove every build output, the chapter cache included.
 clean:
 	rm -rf _build .pytest_cache .ruff_cache .hypothesis

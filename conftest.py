@@ -1,38 +1,65 @@
-"""Collect the book's MyST-markdown chapters and execute them as notebooks inside pytest.
+"""Collect the book's chapters as pytest items: a chapter passes when it executes without error.
 
-nbmake only collects ``.ipynb`` files, so each ``book/*.md`` chapter that carries a jupytext
-header is converted to a notebook under ``_build/test-notebooks`` and run by nbmake's own item,
-which keeps nbmake's failure report (the failing cell and its traceback).
+Executions go through the same jupyter-cache as the site build (``book/_ext/chapter_cache.py``):
+a chapter whose code, package source and pinned environment are unchanged since it last
+executed without error is taken from the cache (the cache holds successful executions only);
+every other collected chapter is executed once, all of them together in a process pool, when
+the first chapter item runs. So after ``make book`` or the site build of ``make test``, pytest
+executes no chapter again; on its own, ``pytest book/<chapter>.md`` executes that chapter if
+it changed. A failure names the chapter, the code cell, its line in the ``.md`` file and the
+traceback.
 """
 
 from pathlib import Path
 
-import jupytext
-import nbformat
 import pytest
-from nbmake.pytest_items import NotebookItem
 
-ROOT = Path(__file__).parent
-BOOK = ROOT / "book"
-CONVERTED = ROOT / "_build" / "test-notebooks"
+import chapter_cache  # book/_ext, on the path through [tool.pytest.ini_options] pythonpath
+
+BOOK = Path(__file__).parent / "book"
+_RESULTS = pytest.StashKey[dict]()
 
 
-def _is_chapter(path: Path) -> bool:
-    if path.suffix != ".md" or path.parent != BOOK:
-        return False
-    head = path.read_text(encoding="utf-8")[:600]
-    return head.startswith("---") and "jupytext:" in head and "kernelspec:" in head
+class ChapterFailed(Exception):
+    """A chapter raised while executing; the message is the whole report."""
+
+
+def _results(session: pytest.Session) -> dict:
+    """Execute every stale collected chapter once (in parallel) and return the results by path."""
+    if _RESULTS not in session.stash:
+        plugins = session.config.pluginmanager
+        reporter = plugins.get_plugin("terminalreporter")
+        paths = [item.path for item in session.items if isinstance(item, ChapterItem)]
+        # Show the progress of executions (minutes, when the cache is cold) as it happens.
+        with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
+            results = chapter_cache.ensure_executed(
+                paths, progress=(lambda line: reporter.write_line(line)) if reporter else (lambda line: None)
+            )
+        session.stash[_RESULTS] = {result.path: result for result in results}
+    return session.stash[_RESULTS]
+
+
+class ChapterItem(pytest.Item):
+    def runtest(self) -> None:
+        result = _results(self.session)[self.path.resolve()]
+        if not result.ok:
+            raise ChapterFailed(result.error)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ChapterFailed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.path.name} executes"
 
 
 class ChapterFile(pytest.File):
     def collect(self):
-        CONVERTED.mkdir(parents=True, exist_ok=True)
-        target = CONVERTED / f"{self.path.stem}.ipynb"
-        nbformat.write(jupytext.read(self.path), target)
-        yield NotebookItem.from_parent(self, filename=str(target))
+        yield ChapterItem.from_parent(self, name="executes")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
-    if _is_chapter(file_path):
+    if file_path.parent == BOOK and chapter_cache.is_chapter(file_path):
         return ChapterFile.from_parent(parent, path=file_path)
     return None
