@@ -11,11 +11,13 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.learning_rate`: the largest stable learning rate, Hessian-vector products
 - :mod:`.optimizers`: one Adam step ("Optimizer choice")
 - :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
+- :mod:`.activations`: Klambauer's moment map of an arbitrary activation ("Activations")
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
 """
 
 from .accumulation import check_accumulated_gradient
+from .activations import MOMENT_MAP_ACTIVATIONS, check_moment_map
 from .clipping import check_clip_grad_norm
 from .distributed import check_global_norm
 from .harness import CheckResult, check_function
@@ -28,6 +30,7 @@ from .recurrent import check_bptt_jacobian
 
 __all__ = [
     "CHI1_ACTIVATIONS",
+    "MOMENT_MAP_ACTIVATIONS",
     "CheckResult",
     "check_accumulated_gradient",
     "check_adam_step",
@@ -39,6 +42,7 @@ __all__ = [
     "check_hvp",
     "check_layer_jacobian",
     "check_max_stable_lr",
+    "check_moment_map",
     "check_scalar_chain_gradient",
     "check_update_scale",
 ]

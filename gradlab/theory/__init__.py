@@ -27,13 +27,17 @@ from .jacobians import (
 
 # The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
 from .mean_field import _chi1_callable as _chi1_callable
+from .mean_field import _moment_map_callable as _moment_map_callable
 from .mean_field import _q_star_callable as _q_star_callable
 from .mean_field import (
     chi1,
     critical_sigma_w,
     depth_scale,
     gaussian_expectation,
+    gradient_factor,
     length_map,
+    moment_map,
+    normalizing_sigma_w,
     q_star,
 )
 from .recurrent import (
@@ -67,6 +71,9 @@ __all__ = [
     "chi1",
     "depth_scale",
     "critical_sigma_w",
+    "gradient_factor",
+    "normalizing_sigma_w",
+    "moment_map",
     # recurrent
     "bptt_jacobian",
     "bptt_jacobian_norms",
