@@ -607,8 +607,8 @@ def _squared_gradient_ratios(activation, sigma_w, depth, *, q1=1.0, width=256, b
         for seed in range(seeds):
             torch.manual_seed(seed)
             net = mlp(depth, width, activation=activation, init="gaussian", gain=sigma_w)
-            zs = _record_preactivations(net, math.sqrt(q1) / sigma_w * torch.randn(batch, width),
-                                        v=torch.randn(batch, width))
+            zs = propagation.preactivations(net, math.sqrt(q1) / sigma_w * torch.randn(batch, width),
+                                            grad_output=torch.randn(batch, width))
             g = torch.stack([z.grad.norm() for z in zs]).double().numpy()
             rows.append((g / g[-1]) ** 2)
     finally:
