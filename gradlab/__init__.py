@@ -2,10 +2,11 @@
 
 Modules: ``activations`` (the one activation registry), ``amp`` (16-bit casts, dynamic loss
 scaling), ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
-gradient statistics), ``theory`` (closed-form results), ``distributed`` (clipping and NaN checks
-across processes), ``plot`` (the book's figures), ``propagation`` (signals and gradients through random
-networks, measured), ``exercises`` (checkers for the reader's
-solutions), ``utils`` (seeding, the thread policy, device, source).
+gradient statistics), ``theory`` (closed-form results), ``spectral`` (singular values of a
+model's weights, the orthogonality penalty), ``distributed`` (clipping and NaN checks across
+processes), ``plot`` (the book's figures), ``propagation`` (signals and gradients through random
+networks, measured), ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, the
+thread policy, device, source).
 """
 
 from . import (
@@ -20,6 +21,7 @@ from . import (
     monitor,
     plot,
     propagation,
+    spectral,
     theory,
     train,
     utils,
@@ -50,6 +52,7 @@ __all__ = [
     "seed_everything",
     "setup_chapter",
     "show_source",
+    "spectral",
     "theory",
     "train",
     "utils",

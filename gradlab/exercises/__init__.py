@@ -12,6 +12,7 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.optimizers`: one Adam step ("Optimizer choice")
 - :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
 - :mod:`.activations`: Klambauer's moment map of an arbitrary activation ("Activations")
+- :mod:`.weight_decay`: one AdamW step ("Weight decay and spectral control")
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
 """
@@ -27,6 +28,7 @@ from .mean_field import CHI1_ACTIVATIONS, check_chi1
 from .mixed_precision import check_update_scale
 from .optimizers import check_adam_step
 from .recurrent import check_bptt_jacobian
+from .weight_decay import check_adamw_step
 
 __all__ = [
     "CHI1_ACTIVATIONS",
@@ -34,6 +36,7 @@ __all__ = [
     "CheckResult",
     "check_accumulated_gradient",
     "check_adam_step",
+    "check_adamw_step",
     "check_bptt_jacobian",
     "check_chi1",
     "check_clip_grad_norm",

@@ -4,10 +4,12 @@ One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (bac
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.correlation` (two inputs through a wide network: the correlation map, its
-fixed point and depth scale) and :mod:`~gradlab.theory.recurrent` (backpropagation through time,
-the Pascanu bound, the single-unit cliff and its saddle-node bifurcation). Every function that
-takes an ``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public
-name is available as ``gl.theory.X``.
+fixed point and depth scale), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
+Pascanu bound, the single-unit cliff and its saddle-node bifurcation) and
+:mod:`~gradlab.theory.weight_decay` (Adam's step bound, how far AdamW lets a weight grow, the
+equilibrium of decay and noise, the orthogonality penalty's bounds). Every function that takes an
+``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is
+available as ``gl.theory.X``.
 """
 
 from .correlation import c_star, correlation_depth_scale, correlation_map, correlation_slope
@@ -50,6 +52,12 @@ from .recurrent import (
     saddle_node_bias,
     saddle_node_offset,
 )
+from .weight_decay import (
+    adam_step_bound,
+    adamw_weight_bound,
+    noise_equilibrium_rms,
+    penalty_singular_value_bounds,
+)
 
 __all__ = [
     # jacobians
@@ -88,4 +96,9 @@ __all__ = [
     "correlation_slope",
     "c_star",
     "correlation_depth_scale",
+    # weight_decay
+    "adam_step_bound",
+    "adamw_weight_bound",
+    "noise_equilibrium_rms",
+    "penalty_singular_value_bounds",
 ]
