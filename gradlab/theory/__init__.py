@@ -5,13 +5,17 @@ a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.me
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.correlation` (two inputs through a wide network: the correlation map, its
 fixed point and depth scale), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
-Pascanu bound, the single-unit cliff and its saddle-node bifurcation) and
-:mod:`~gradlab.theory.weight_decay` (Adam's step bound, how far AdamW lets a weight grow, the
-equilibrium of decay and noise, the orthogonality penalty's bounds). Every function that takes an
-``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is
-available as ``gl.theory.X``.
+Pascanu bound, the single-unit cliff and its saddle-node bifurcation),
+:mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
+the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.optimizers` (Adam's
+step bound, its size under noise, the shadow of a gradient spike, its stability threshold) and
+:mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
+and noise, the orthogonality penalty's bounds). Every function that takes an ``activation``
+accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
+``gl.theory.X``.
 """
 
+from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
 from .correlation import c_star, correlation_depth_scale, correlation_map, correlation_slope
 from .jacobians import (
     activation_derivative,
@@ -26,21 +30,31 @@ from .jacobians import (
     spectral_norm,
     spectral_radius,
 )
-
-# The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
-from .mean_field import _chi1_callable as _chi1_callable
-from .mean_field import _moment_map_callable as _moment_map_callable
-from .mean_field import _q_star_callable as _q_star_callable
 from .mean_field import (
+    LengthMapPath,
     chi1,
     critical_sigma_w,
     depth_scale,
     gaussian_expectation,
     gradient_factor,
     length_map,
+    length_map_path,
     moment_map,
     normalizing_sigma_w,
     q_star,
+)
+
+# The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
+from .mean_field import _chi1_callable as _chi1_callable
+from .mean_field import _moment_map_callable as _moment_map_callable
+from .mean_field import _q_star_callable as _q_star_callable
+from .optimizers import (
+    adam_noise_step_mean,
+    adam_noise_step_rms,
+    adam_spike_ratio,
+    adam_spike_recovery,
+    adam_stability_threshold,
+    adam_step_bound,
 )
 from .recurrent import (
     bptt_jacobian,
@@ -53,7 +67,6 @@ from .recurrent import (
     saddle_node_offset,
 )
 from .weight_decay import (
-    adam_step_bound,
     adamw_weight_bound,
     noise_equilibrium_rms,
     penalty_singular_value_bounds,
@@ -75,6 +88,8 @@ __all__ = [
     # mean_field
     "gaussian_expectation",
     "length_map",
+    "length_map_path",
+    "LengthMapPath",
     "q_star",
     "chi1",
     "depth_scale",
@@ -96,8 +111,18 @@ __all__ = [
     "correlation_slope",
     "c_star",
     "correlation_depth_scale",
-    # weight_decay
+    # clipping
+    "quartic_gd_threshold",
+    "quartic_clipped_steps",
+    "clipped_sgd_fixed_point",
+    # optimizers
     "adam_step_bound",
+    "adam_noise_step_mean",
+    "adam_noise_step_rms",
+    "adam_spike_ratio",
+    "adam_spike_recovery",
+    "adam_stability_threshold",
+    # weight_decay
     "adamw_weight_bound",
     "noise_equilibrium_rms",
     "penalty_singular_value_bounds",
