@@ -130,14 +130,6 @@ def _hvp_from_grads(grads, params, vector) -> list[torch.Tensor]:
     return [torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, params, strict=True)]
 
 
-def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    return float(sum((x * y).sum() for x, y in zip(a, b, strict=True)))
-
-
-def _norm(a: Sequence[torch.Tensor]) -> float:
-    return math.sqrt(_dot(a, a))
-
-
 # ---------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +166,10 @@ def top_eigenvalue(
     tol: float = 1e-3,
     seed: int = 0,
     init: Vector | None = None,
+    preconditioner: Vector | None = None,
 ) -> Eigenpair:
-    """Largest (algebraic) eigenvalue ``λ_max`` of the Hessian of ``closure`` at ``params``.
+    """Largest (algebraic) eigenvalue ``λ_max`` of the Hessian of ``closure`` at ``params``, or
+    of ``P⁻¹H`` for a positive diagonal preconditioner ``P``.
 
     The Lanczos iteration with full reorthogonalization: after ``m`` Hessian-vector products,
     ``Q_m`` is an orthonormal basis of the Krylov space ``span{v, Hv, ..., H^(m-1) v}`` and
@@ -206,6 +200,13 @@ def top_eigenvalue(
             the basis spans all parameters).
         seed: seeds the random start vector when ``init`` is not given, and any restart.
         init: a start vector (for example the previous call's ``vector``: a warm start).
+        preconditioner: the diagonal ``p`` (all entries positive and finite) of a diagonal
+            matrix ``P``, parameter-shaped or flat. Then the result is ``λ_max(P⁻¹H)``, the
+            *preconditioned sharpness* that limits a step ``-η P⁻¹ (...)`` such as Adam's
+            (Cohen et al. 2022). It is computed as the top eigenvalue of the symmetric
+            ``P^(-1/2) H P^(-1/2)``, which is similar to ``P⁻¹H`` (the same eigenvalues), with
+            the products ``u ↦ P^(-1/2) H (P^(-1/2) u)``; ``vector``, ``residual`` and ``init``
+            refer to that symmetric matrix (``P^(-1/2) vector`` is an eigenvector of ``P⁻¹H``).
 
     Returns:
         An :class:`Eigenpair` with ``value``, unit ``vector``, ``iterations``, ``converged``
@@ -222,10 +223,20 @@ def top_eigenvalue(
     else:
         start = _flatten(_check_vector("init", init, params)[0])
     start = start.to(params[0].device, dtype)
+    scale = None  # P^(-1/2) as a flat vector
+    if preconditioner is not None:
+        diagonal = _flatten(_check_vector("preconditioner", preconditioner, params)[0]).to(dtype)
+        if not bool((torch.isfinite(diagonal) & (diagonal > 0)).all()):
+            raise ValueError("preconditioner must be positive and finite in every entry, got "
+                             f"entries in [{diagonal.min().item():.4g}, {diagonal.max().item():.4g}]")
+        scale = diagonal.rsqrt()
     grads = _gradient_with_graph(closure, params)
 
     def product(u: torch.Tensor) -> torch.Tensor:
-        return _flatten(_hvp_from_grads(grads, params, _unflatten(u, params))).to(dtype)
+        if scale is None:
+            return _flatten(_hvp_from_grads(grads, params, _unflatten(u, params))).to(dtype)
+        # P^(-1/2) H P^(-1/2) u: symmetric, so Lanczos applies, and similar to P⁻¹H.
+        return scale * _flatten(_hvp_from_grads(grads, params, _unflatten(scale * u, params))).to(dtype)
 
     value, y, used, converged, residual = _lanczos(product, start, iters, tol, generator)
     return Eigenpair(value, _unflatten(y, params), used, converged, residual)
@@ -289,33 +300,3 @@ def _lanczos(product, v: torch.Tensor, iters: int, tol: float, generator: torch.
                 r = r - (basis[:m] @ r) @ basis[:m]
         q = r / torch.linalg.vector_norm(r)
     return value, y, most, residual <= tol, residual
-
-
-def _power_iteration(product, v, iters: int, tol: float, shift: float = 0.0):
-    """Power iteration on ``u ↦ H u - shift·u``: ``v ← (H - shift) v / ‖(H - shift) v‖``.
-
-    Returns ``(μ, v, iterations, converged, residual)`` where ``μ = vᵀ(H - shift)v`` and the
-    residual ``‖Hv - (μ + shift)v‖ / |μ + shift|`` belong to the returned ``v``. It finds the
-    eigenvalue of largest magnitude, and converges like ``(|λ_2| / |λ_1|)^k``: not at all when
-    ``λ_2 = -λ_1``. :func:`top_eigenvalue` uses :func:`_lanczos` instead; this is the textbook
-    method the learning-rate chapter explains.
-    """
-    norm = _norm(v)
-    if norm == 0.0:
-        raise ValueError("init must not be the zero vector")
-    v = [x / norm for x in v]
-    for k in range(1, iters + 1):
-        hv = product(v)
-        if shift:
-            hv = [h - shift * x for h, x in zip(hv, v, strict=True)]
-        value = _dot(v, hv)
-        hv_norm = _norm(hv)
-        if hv_norm == 0.0:  # v is in the null space: H v = 0 exactly
-            return 0.0, v, k, True, 0.0
-        # ‖(H - s)v - μv‖ = ‖Hv - (μ + s)v‖: relative to the eigenvalue of H itself, μ + s.
-        residual = _norm([h - value * x for h, x in zip(hv, v, strict=True)]) / max(
-            abs(value + shift), 1e-300
-        )
-        if residual <= tol or k == iters:  # value, residual and v all of this iterate
-            return value, v, k, residual <= tol, residual
-        v = [h / hv_norm for h in hv]

@@ -1,12 +1,14 @@
 """Tests for gradlab.hessian: Hessian-vector products and the top eigenvalue against the
 explicit Hessian, and the stability threshold η = 2/λ_max that the chapter derives."""
 
+import math
+
 import pytest
 import torch
 from torch.func import functional_call
 
 import gradlab as gl
-from gradlab.hessian import Eigenpair, _power_iteration, hvp, top_eigenvalue
+from gradlab.hessian import Eigenpair, hvp, top_eigenvalue
 
 DT = torch.float64
 
@@ -106,7 +108,7 @@ def test_top_eigenvalue_matches_eigvalsh_on_a_small_mlp(seed):
     [
         [10.0, 5.0, 3.0, 1.0, 0.1, 0.0],  # positive semi-definite
         [4.0, 2.0, 1.0, -1.0, -3.0],  # indefinite, positive end dominant
-        [2.0, 1.0, 0.0, -0.5, -7.0],  # negative end dominant: needs the shifted second pass
+        [2.0, 1.0, 0.0, -0.5, -7.0],  # negative end dominant: power iteration would find -7
         [-1.0, -2.0, -6.0],  # negative definite: λ_max = -1
     ],
 )
@@ -221,22 +223,46 @@ def test_zero_hessian_gives_zero():
     assert result.value == 0.0 and result.converged and result.residual == 0.0
 
 
-def test_power_iteration_returns_value_vector_and_residual_of_one_iterate():
-    a, theta, closure = _quadratic([4.0, 3.0, 1.0, 0.5], seed=3)
+# -- the preconditioned sharpness λ_max(P⁻¹H) ------------------------------------------------------
 
-    def product(v):
-        return [a @ v[0]]
 
-    start = [torch.randn(4, dtype=DT, generator=torch.Generator().manual_seed(0))]
-    value, v, k, converged, residual = _power_iteration(product, start, iters=5, tol=0.0)
-    assert k == 5 and not converged
-    hv = a @ v[0]
-    assert value == pytest.approx(float(v[0] @ hv), rel=1e-14)
-    assert residual == pytest.approx(float((hv - value * v[0]).norm() / abs(value)), rel=1e-12)
-    # And it stalls on ± spectra, which is why top_eigenvalue uses Lanczos.
-    b = torch.diag(torch.tensor([5.0, -5.0, 1.0], dtype=DT))
-    value, _, _, converged, _ = _power_iteration(lambda v: [b @ v[0]], [torch.ones(3, dtype=DT)], 200, 1e-6)
-    assert not converged and abs(value) < 4.9
+def _positive_diagonal(n: int, seed: int) -> torch.Tensor:
+    """Entries spread over three decades, as Adam's sqrt(v̂) + ε are."""
+    g = torch.Generator().manual_seed(seed)
+    return 10.0 ** (3 * torch.rand(n, generator=g, dtype=DT) - 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_preconditioned_top_eigenvalue_matches_the_explicit_p_inverse_h(seed):
+    net, x, y, closure = _small_problem(seed)
+    hess = _explicit_hessian(net, x, y)
+    p = _positive_diagonal(hess.shape[0], seed)
+    # P⁻¹H is not symmetric; its eigenvalues are real (similar to P^(-1/2) H P^(-1/2)).
+    expected = torch.linalg.eigvals(torch.diag(1 / p) @ hess).real.max().item()
+    result = top_eigenvalue(closure, net, iters=5000, tol=1e-10, seed=seed, preconditioner=p)
+    assert result.converged
+    assert result.value == pytest.approx(expected, rel=1e-7)
+    # P^(-1/2) w is an eigenvector of P⁻¹H (tolerance relative to λ).
+    w = torch.cat([t.reshape(-1) for t in result.vector])
+    u = w / p.sqrt()
+    torch.testing.assert_close(torch.diag(1 / p) @ hess @ u, result.value * u, rtol=0,
+                               atol=1e-6 * abs(result.value) * u.norm().item())
+    # Parameter-shaped and flat preconditioners give the same pair.
+    shaped = list(torch.split(p, [q.numel() for q in net.parameters()]))
+    shaped = [s.view_as(q) for s, q in zip(shaped, net.parameters(), strict=True)]
+    again = top_eigenvalue(closure, net, iters=5000, tol=1e-10, seed=seed, preconditioner=shaped)
+    assert again.value == result.value
+
+
+def test_identity_preconditioner_is_the_plain_sharpness():
+    net, _, _, closure = _small_problem(3)
+    plain = top_eigenvalue(closure, net, iters=50, tol=0.0, seed=1)
+    ones = torch.ones(sum(p.numel() for p in net.parameters()), dtype=DT)
+    same = top_eigenvalue(closure, net, iters=50, tol=0.0, seed=1, preconditioner=ones)
+    assert same.value == pytest.approx(plain.value, rel=1e-12)
+    # A scalar preconditioner c I divides every eigenvalue by c.
+    scaled = top_eigenvalue(closure, net, iters=50, tol=0.0, seed=1, preconditioner=4.0 * ones)
+    assert scaled.value == pytest.approx(plain.value / 4, rel=1e-12)
 
 
 # -- the chapter's prediction: GD on ½ xᵀAx is stable iff η < 2/λ_max ---------------------------
@@ -262,6 +288,32 @@ def test_gradient_descent_threshold_is_two_over_top_eigenvalue():
     n1, x = final_norm(eta, 300)
     n2 = (x - eta * (a @ x)).norm().item()
     assert n2 / n1 == pytest.approx(abs(1 - eta * lam), rel=1e-6)
+
+
+def _frozen_adam_final_norm(a, p, eta, beta1, steps=3000):
+    """Adam with a frozen preconditioner on ½ xᵀAx: m ← β₁m + (1 - β₁)Ax, x ← x - η P⁻¹m."""
+    x = torch.ones(a.shape[0], dtype=DT)
+    m = torch.zeros_like(x)
+    for _ in range(steps):
+        m = beta1 * m + (1 - beta1) * (a @ x)
+        x = x - eta * m / p
+    return x.norm().item()
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.5, 0.9])
+def test_frozen_adam_threshold_is_set_by_the_preconditioned_sharpness(beta1):
+    """Cohen et al. (2022): stable iff λ_max(P⁻¹A) < (2 + 2β₁) / ((1 - β₁) η); the plain
+    threshold 2/λ_max(A) is far off when P is far from the identity."""
+    a, theta, closure = _quadratic([9.0, 4.0, 2.0, 1.0, 0.3], seed=12)
+    p = _positive_diagonal(5, seed=5)
+    lam_p = top_eigenvalue(closure, [theta], iters=100, tol=1e-12, preconditioner=p).value
+    lam = top_eigenvalue(closure, [theta], iters=100, tol=1e-12).value
+    eta_star = (2 + 2 * beta1) / ((1 - beta1) * lam_p)
+    assert abs(eta_star * lam - 2) > 0.5  # the two thresholds differ: the test can tell them apart
+    # 2% on either side: the per-step factor at the margin is within 1% of 1, so 3000 steps
+    # separate them by many decades (tolerance: below shrinks 10x, above grows 100x).
+    assert _frozen_adam_final_norm(a, p, 0.98 * eta_star, beta1) < 0.1
+    assert _frozen_adam_final_norm(a, p, 1.02 * eta_star, beta1) > 100.0
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
@@ -303,3 +355,13 @@ def test_bad_inputs_name_the_argument():
         top_eigenvalue(closure, net, seed=-1)
     with pytest.raises(ValueError, match="init"):
         top_eigenvalue(closure, net, init=v)
+    ones = [torch.ones_like(p) for p in params]
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        worse = [o.clone() for o in ones]
+        worse[1].view(-1)[0] = bad
+        with pytest.raises(ValueError, match="preconditioner must be positive"):
+            top_eigenvalue(closure, net, preconditioner=worse)
+    with pytest.raises(ValueError, match="preconditioner"):
+        top_eigenvalue(closure, net, preconditioner=ones[:-1])
+    with pytest.raises(TypeError, match="preconditioner"):
+        top_eigenvalue(closure, net, preconditioner=2.0)
