@@ -1,14 +1,18 @@
 """Tests for gradlab.hessian: Hessian-vector products and the top eigenvalue against the
 explicit Hessian, and the stability threshold η = 2/λ_max that the chapter derives."""
 
-import math
-
 import pytest
 import torch
 from torch.func import functional_call
 
 import gradlab as gl
-from gradlab.hessian import Eigenpair, hvp, top_eigenvalue
+from gradlab.hessian import (
+    Eigenpair,
+    adam_preconditioner,
+    hvp,
+    preconditioned_top_eigenvalue,
+    top_eigenvalue,
+)
 
 DT = torch.float64
 
@@ -223,48 +227,6 @@ def test_zero_hessian_gives_zero():
     assert result.value == 0.0 and result.converged and result.residual == 0.0
 
 
-# -- the preconditioned sharpness λ_max(P⁻¹H) ------------------------------------------------------
-
-
-def _positive_diagonal(n: int, seed: int) -> torch.Tensor:
-    """Entries spread over three decades, as Adam's sqrt(v̂) + ε are."""
-    g = torch.Generator().manual_seed(seed)
-    return 10.0 ** (3 * torch.rand(n, generator=g, dtype=DT) - 2)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_preconditioned_top_eigenvalue_matches_the_explicit_p_inverse_h(seed):
-    net, x, y, closure = _small_problem(seed)
-    hess = _explicit_hessian(net, x, y)
-    p = _positive_diagonal(hess.shape[0], seed)
-    # P⁻¹H is not symmetric; its eigenvalues are real (similar to P^(-1/2) H P^(-1/2)).
-    expected = torch.linalg.eigvals(torch.diag(1 / p) @ hess).real.max().item()
-    result = top_eigenvalue(closure, net, iters=5000, tol=1e-10, seed=seed, preconditioner=p)
-    assert result.converged
-    assert result.value == pytest.approx(expected, rel=1e-7)
-    # P^(-1/2) w is an eigenvector of P⁻¹H (tolerance relative to λ).
-    w = torch.cat([t.reshape(-1) for t in result.vector])
-    u = w / p.sqrt()
-    torch.testing.assert_close(torch.diag(1 / p) @ hess @ u, result.value * u, rtol=0,
-                               atol=1e-6 * abs(result.value) * u.norm().item())
-    # Parameter-shaped and flat preconditioners give the same pair.
-    shaped = list(torch.split(p, [q.numel() for q in net.parameters()]))
-    shaped = [s.view_as(q) for s, q in zip(shaped, net.parameters(), strict=True)]
-    again = top_eigenvalue(closure, net, iters=5000, tol=1e-10, seed=seed, preconditioner=shaped)
-    assert again.value == result.value
-
-
-def test_identity_preconditioner_is_the_plain_sharpness():
-    net, _, _, closure = _small_problem(3)
-    plain = top_eigenvalue(closure, net, iters=50, tol=0.0, seed=1)
-    ones = torch.ones(sum(p.numel() for p in net.parameters()), dtype=DT)
-    same = top_eigenvalue(closure, net, iters=50, tol=0.0, seed=1, preconditioner=ones)
-    assert same.value == pytest.approx(plain.value, rel=1e-12)
-    # A scalar preconditioner c I divides every eigenvalue by c.
-    scaled = top_eigenvalue(closure, net, iters=50, tol=0.0, seed=1, preconditioner=4.0 * ones)
-    assert scaled.value == pytest.approx(plain.value / 4, rel=1e-12)
-
-
 # -- the chapter's prediction: GD on ½ xᵀAx is stable iff η < 2/λ_max ---------------------------
 
 
@@ -302,16 +264,16 @@ def _frozen_adam_final_norm(a, p, eta, beta1, steps=3000):
 
 @pytest.mark.parametrize("beta1", [0.0, 0.5, 0.9])
 def test_frozen_adam_threshold_is_set_by_the_preconditioned_sharpness(beta1):
-    """Cohen et al. (2022): stable iff λ_max(P⁻¹A) < (2 + 2β₁) / ((1 - β₁) η); the plain
-    threshold 2/λ_max(A) is far off when P is far from the identity."""
+    """The learning-rate chapter's corollary (Cohen et al. 2022): stable iff
+    λ_max(P⁻¹A) < (2 + 2β₁) / ((1 - β₁) η); the plain 2/λ_max(A) is far off here."""
     a, theta, closure = _quadratic([9.0, 4.0, 2.0, 1.0, 0.3], seed=12)
-    p = _positive_diagonal(5, seed=5)
-    lam_p = top_eigenvalue(closure, [theta], iters=100, tol=1e-12, preconditioner=p).value
+    p = 10.0 ** (3 * torch.rand(5, generator=torch.Generator().manual_seed(5), dtype=DT) - 2)
+    lam_p = preconditioned_top_eigenvalue(closure, [theta], p, iters=100, tol=1e-12).value
     lam = top_eigenvalue(closure, [theta], iters=100, tol=1e-12).value
     eta_star = (2 + 2 * beta1) / ((1 - beta1) * lam_p)
     assert abs(eta_star * lam - 2) > 0.5  # the two thresholds differ: the test can tell them apart
-    # 2% on either side: the per-step factor at the margin is within 1% of 1, so 3000 steps
-    # separate them by many decades (tolerance: below shrinks 10x, above grows 100x).
+    # 2% on either side: 3000 steps separate them by many decades (below shrinks 10x, above
+    # grows 100x).
     assert _frozen_adam_final_norm(a, p, 0.98 * eta_star, beta1) < 0.1
     assert _frozen_adam_final_norm(a, p, 1.02 * eta_star, beta1) > 100.0
 
@@ -355,13 +317,62 @@ def test_bad_inputs_name_the_argument():
         top_eigenvalue(closure, net, seed=-1)
     with pytest.raises(ValueError, match="init"):
         top_eigenvalue(closure, net, init=v)
-    ones = [torch.ones_like(p) for p in params]
-    for bad in (0.0, -1.0, math.inf, math.nan):
-        worse = [o.clone() for o in ones]
-        worse[1].view(-1)[0] = bad
-        with pytest.raises(ValueError, match="preconditioner must be positive"):
-            top_eigenvalue(closure, net, preconditioner=worse)
+
+
+# -- Adam's preconditioned sharpness ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_preconditioned_top_eigenvalue_matches_the_explicit_matrix(seed):
+    net, x, y, closure = _small_problem(seed)
+    h = _explicit_hessian(net, x, y)
+    g = torch.Generator().manual_seed(seed)
+    pre = [torch.exp(2 * torch.randn(p.shape, generator=g, dtype=DT)) for p in net.parameters()]
+    flat = torch.cat([q.reshape(-1) for q in pre])
+    expected = torch.linalg.eigvals(h / flat[:, None]).real.max().item()  # lambda_max(P^-1 H)
+    top = preconditioned_top_eigenvalue(closure, net, pre, iters=500, tol=1e-10)
+    assert top.converged
+    assert top.value == pytest.approx(expected, rel=1e-7)
+    # The flat form of P gives the same answer; a constant P = c divides the sharpness by c.
+    assert preconditioned_top_eigenvalue(closure, net, flat, iters=500, tol=1e-10).value == (
+        pytest.approx(expected, rel=1e-7))
+    c = [torch.full_like(p, 4.0) for p in net.parameters()]
+    plain = top_eigenvalue(closure, net, iters=500, tol=1e-10).value
+    assert preconditioned_top_eigenvalue(closure, net, c, iters=500, tol=1e-10).value == (
+        pytest.approx(plain / 4, rel=1e-7))
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    lambda ps: torch.optim.Adam(ps, lr=1e-2, betas=(0.5, 0.9), eps=1e-3, amsgrad=True),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.0),
+])
+def test_adam_preconditioner_reproduces_torch_adams_last_step(make):
+    net, x, y, closure = _small_problem(3)
+    opt = make(net.parameters())
+    for _ in range(5):  # the step is -lr * m_t / P_t, with torch's own m_t
+        before = [p.detach().clone() for p in net.parameters()]
+        opt.zero_grad()
+        closure().backward()
+        opt.step()
+        pre = adam_preconditioner(opt)
+        for p, b, q in zip(net.parameters(), before, pre, strict=True):
+            expected = -opt.param_groups[0]["lr"] * opt.state[p]["exp_avg"] / q
+            torch.testing.assert_close(p.detach() - b, expected, rtol=1e-10, atol=1e-15)
+
+
+def test_adam_preconditioner_and_preconditioned_sharpness_bad_inputs():
+    net, _, _, closure = _small_problem(0)
+    with pytest.raises(TypeError, match="optimizer"):
+        adam_preconditioner(torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="step"):
+        adam_preconditioner(torch.optim.Adam(net.parameters()))
+    ones = [torch.ones_like(p) for p in net.parameters()]
     with pytest.raises(ValueError, match="preconditioner"):
-        top_eigenvalue(closure, net, preconditioner=ones[:-1])
+        preconditioned_top_eigenvalue(closure, net, [-o for o in ones])
+    with pytest.raises(ValueError, match="preconditioner"):
+        preconditioned_top_eigenvalue(closure, net, ones[:-1])
     with pytest.raises(TypeError, match="preconditioner"):
-        top_eigenvalue(closure, net, preconditioner=2.0)
+        preconditioned_top_eigenvalue(closure, net, 2.0)
+    with pytest.raises(ValueError, match="iters"):
+        preconditioned_top_eigenvalue(closure, net, ones, iters=0)
