@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import gradlab as gl
-from gradlab.hessian import top_eigenvalue
+from gradlab.hessian import adam_preconditioner, preconditioned_top_eigenvalue, top_eigenvalue
 
 X, Y = gl.data.teacher_regression(128, 5, kind="sine", seed=0)
 MSE = torch.nn.MSELoss()
@@ -37,16 +37,19 @@ def _tanh_net(seed):
         return gl.mlp(3, 32, in_features=5, out_features=1, activation="tanh", init="xavier")
 
 
-def _sharpness_along(net, optimizer, steps, every=10, preconditioner=None):
+def _sharpness_along(net, optimizer, steps, every=10, adam=False):
     """The chapter's train_with_sharpness: full-batch fit, sharpness after every `every`-th step
-    (10 Lanczos steps, warm-started); with `preconditioner(optimizer)`, λ_max(P⁻¹H) instead."""
+    (10 Lanczos steps, warm-started); with `adam`, Adam's λ_max(P⁻¹H) (20 steps) instead."""
     closure = lambda: MSE(net(X), Y)  # noqa: E731
     values, vector = [], None
 
     def measure():
         nonlocal vector
-        p = preconditioner(optimizer) if preconditioner else None
-        top = top_eigenvalue(closure, net, iters=20 if p else 10, tol=1e-3, init=vector, preconditioner=p)
+        if adam:
+            top = preconditioned_top_eigenvalue(closure, net, adam_preconditioner(optimizer), iters=20,
+                                                tol=1e-3, init=vector)
+        else:
+            top = top_eigenvalue(closure, net, iters=10, tol=1e-3, init=vector)
         values.append(top.value)
         vector = top.vector
 
@@ -54,23 +57,11 @@ def _sharpness_along(net, optimizer, steps, every=10, preconditioner=None):
         if (record.step + 1) % every == 0 and not record.skipped:
             measure()
 
-    if preconditioner is None:
+    if not adam:
         measure()  # at initialization (Adam's P needs a first step)
     history = gl.fit(net, MSE, (X, Y), optimizer, steps=steps, callback=callback)
     assert not history.stopped
     return np.array(values), history
-
-
-def _adam_preconditioner(opt):
-    """P_t = (1 - β₁ᵗ)(sqrt(v_t / (1 - β₂ᵗ)) + ε), as the chapter computes it."""
-    (group,) = opt.param_groups
-    beta1, beta2 = group["betas"]
-    out = []
-    for p in group["params"]:
-        state = opt.state[p]
-        t = float(state["step"])
-        out.append((1 - beta1**t) * ((state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + group["eps"]))
-    return out
 
 
 def _report(name, values):
@@ -133,7 +124,7 @@ def test_adam_trains_at_the_preconditioned_edge_not_at_two_over_eta():
     for seed in range(3):
         net = _tanh_net(seed)
         opt = torch.optim.Adam(net.parameters(), lr=eta)
-        pre, _ = _sharpness_along(net, opt, steps=400, preconditioner=_adam_preconditioner)
+        pre, _ = _sharpness_along(net, opt, steps=400, adam=True)
         assert pre[0] < 0.5 * edge and (pre >= edge).any()
         means.append(pre[np.argmax(pre >= edge):].mean() / edge)
         plain = top_eigenvalue(lambda net=net: MSE(net(X), Y), net, iters=50, tol=1e-4).value
