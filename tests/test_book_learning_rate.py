@@ -161,7 +161,7 @@ def _gd(net, eta, steps):
 
 
 def _catapult_limit(seed, width, steps=200, bisections=6):
-    """The chapter's bisection: the largest η λ₀ from which the loss after `steps` steps is below
+    """The chapter's criterion, bisected: the largest η λ₀ from which the loss after `steps` steps is below
     the initial loss, bracketed in [3.5, 4.7] to ±0.01 (a limit outside the bracket would come
     out at one of its ends, and fail the test)."""
     lam = _lambda0(_two_layer(seed, width))
