@@ -4,8 +4,10 @@ One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (bac
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line) and
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff). Every function that takes an ``activation`` accepts any name of
-:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
+single-unit cliff) and :mod:`~gradlab.theory.normalization` (BatchNorm's gradient growth,
+LayerNorm's Jacobian, the Pre-LN residual stream). Every function that takes an ``activation``
+accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
+``gl.theory.X``.
 """
 
 from .jacobians import (
@@ -32,6 +34,12 @@ from .mean_field import (
     gaussian_expectation,
     length_map,
     q_star,
+)
+from .normalization import (
+    bn_gradient_growth,
+    norm_gradient_growth,
+    norm_jacobian_norm,
+    pre_ln_stream_bounds,
 )
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
 
@@ -61,4 +69,9 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
+    # normalization
+    "bn_gradient_growth",
+    "norm_gradient_growth",
+    "norm_jacobian_norm",
+    "pre_ln_stream_bounds",
 ]
