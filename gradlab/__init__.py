@@ -2,9 +2,10 @@
 
 Modules: ``activations`` (the one activation registry), ``amp`` (16-bit casts, dynamic loss
 scaling), ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
-gradient statistics), ``theory`` (closed-form results), ``distributed`` (clipping and NaN checks
-across processes), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's
-solutions), ``utils`` (seeding, the thread policy, device, source).
+gradient statistics), ``theory`` (closed-form results), ``spectral`` (singular values of a
+model's weights, the orthogonality penalty), ``distributed`` (clipping and NaN checks across
+processes), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's solutions),
+``utils`` (seeding, the thread policy, device, source).
 """
 
 from . import (
@@ -18,6 +19,7 @@ from . import (
     models,
     monitor,
     plot,
+    spectral,
     theory,
     train,
     utils,
@@ -47,6 +49,7 @@ __all__ = [
     "seed_everything",
     "setup_chapter",
     "show_source",
+    "spectral",
     "theory",
     "train",
     "utils",

@@ -6,7 +6,14 @@ import torch
 from torch.func import functional_call
 
 import gradlab as gl
-from gradlab.hessian import Eigenpair, _power_iteration, hvp, top_eigenvalue
+from gradlab.hessian import (
+    Eigenpair,
+    _power_iteration,
+    adam_preconditioner,
+    hvp,
+    preconditioned_top_eigenvalue,
+    top_eigenvalue,
+)
 
 DT = torch.float64
 
@@ -303,3 +310,62 @@ def test_bad_inputs_name_the_argument():
         top_eigenvalue(closure, net, seed=-1)
     with pytest.raises(ValueError, match="init"):
         top_eigenvalue(closure, net, init=v)
+
+
+# -- Adam's preconditioned sharpness ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_preconditioned_top_eigenvalue_matches_the_explicit_matrix(seed):
+    net, x, y, closure = _small_problem(seed)
+    h = _explicit_hessian(net, x, y)
+    g = torch.Generator().manual_seed(seed)
+    pre = [torch.exp(2 * torch.randn(p.shape, generator=g, dtype=DT)) for p in net.parameters()]
+    flat = torch.cat([q.reshape(-1) for q in pre])
+    expected = torch.linalg.eigvals(h / flat[:, None]).real.max().item()  # lambda_max(P^-1 H)
+    top = preconditioned_top_eigenvalue(closure, net, pre, iters=500, tol=1e-10)
+    assert top.converged
+    assert top.value == pytest.approx(expected, rel=1e-7)
+    # The flat form of P gives the same answer; a constant P = c divides the sharpness by c.
+    assert preconditioned_top_eigenvalue(closure, net, flat, iters=500, tol=1e-10).value == (
+        pytest.approx(expected, rel=1e-7))
+    c = [torch.full_like(p, 4.0) for p in net.parameters()]
+    plain = top_eigenvalue(closure, net, iters=500, tol=1e-10).value
+    assert preconditioned_top_eigenvalue(closure, net, c, iters=500, tol=1e-10).value == (
+        pytest.approx(plain / 4, rel=1e-7))
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    lambda ps: torch.optim.Adam(ps, lr=1e-2, betas=(0.5, 0.9), eps=1e-3, amsgrad=True),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.0),
+])
+def test_adam_preconditioner_reproduces_torch_adams_last_step(make):
+    net, x, y, closure = _small_problem(3)
+    opt = make(net.parameters())
+    for _ in range(5):  # the step is -lr * m_t / P_t, with torch's own m_t
+        before = [p.detach().clone() for p in net.parameters()]
+        opt.zero_grad()
+        closure().backward()
+        opt.step()
+        pre = adam_preconditioner(opt)
+        for p, b, q in zip(net.parameters(), before, pre, strict=True):
+            expected = -opt.param_groups[0]["lr"] * opt.state[p]["exp_avg"] / q
+            torch.testing.assert_close(p.detach() - b, expected, rtol=1e-10, atol=1e-15)
+
+
+def test_adam_preconditioner_and_preconditioned_sharpness_bad_inputs():
+    net, _, _, closure = _small_problem(0)
+    with pytest.raises(TypeError, match="optimizer"):
+        adam_preconditioner(torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="step"):
+        adam_preconditioner(torch.optim.Adam(net.parameters()))
+    ones = [torch.ones_like(p) for p in net.parameters()]
+    with pytest.raises(ValueError, match="preconditioner"):
+        preconditioned_top_eigenvalue(closure, net, [-o for o in ones])
+    with pytest.raises(ValueError, match="preconditioner"):
+        preconditioned_top_eigenvalue(closure, net, ones[:-1])
+    with pytest.raises(TypeError, match="preconditioner"):
+        preconditioned_top_eigenvalue(closure, net, 2.0)
+    with pytest.raises(ValueError, match="iters"):
+        preconditioned_top_eigenvalue(closure, net, ones, iters=0)

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 import gradlab as gl
 from gradlab.models import (
@@ -88,6 +90,49 @@ def test_vanilla_rnn_shapes_and_gradients():
     hs, preacts = VanillaRNN(3, 6).states(x)
     assert hs.shape == (4, 10, 6) and preacts.shape == (4, 9, 6)
     assert LSTM(3, 6).states(x).shape == (4, 9, 6)
+
+
+class _CountCalls(torch.nn.Module):
+    """An identity parametrization that counts how often the weight is computed."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, weight):
+        self.calls += 1
+        return weight
+
+
+def test_parametrized_recurrent_matrix_is_computed_once_per_forward():
+    torch.manual_seed(0)
+    model = VanillaRNN(3, 8, 2)
+    plain = VanillaRNN(3, 8, 2)
+    plain.load_state_dict(model.state_dict())
+    counter = _CountCalls()
+    parametrize.register_parametrization(model, "W", counter)
+    counter.calls = 0  # registering computes the weight once, to check it
+    x = torch.randn(4, 25, 3)
+    out = model(x)
+    assert counter.calls == 1  # not once per time step
+    torch.testing.assert_close(out, plain(x), rtol=0, atol=0)
+    out.sum().backward()
+    assert model.parametrizations.W.original.grad is not None
+
+
+def test_spectral_norm_parametrization_runs_one_power_iteration_per_forward():
+    torch.manual_seed(0)
+    model = torch_spectral_norm(VanillaRNN(3, 8, 2, gain=2.0), "W")
+    reference = torch_spectral_norm(torch.nn.Linear(8, 8, bias=False))
+    with torch.no_grad():
+        reference.parametrizations.weight.original.copy_(model.parametrizations.W.original)
+    ours, theirs = model.parametrizations.W[0], reference.parametrizations.weight[0]
+    theirs._u.copy_(ours._u)
+    theirs._v.copy_(ours._v)
+    model(torch.randn(2, 30, 3))
+    reference(torch.randn(2, 8))  # one forward of the Linear: one power iteration
+    torch.testing.assert_close(ours._u, theirs._u)
+    torch.testing.assert_close(model.W, reference.weight)
 
 
 def test_spectral_radius_after_init_matches_request():

@@ -52,12 +52,12 @@ def test_one_row_per_backward_and_layer_names_in_forward_order():
     assert not mon.attached
     assert mon.layer_names == ["0.linear", "1.linear", "2.linear", "3.linear"]
     assert mon.steps == 3
-    for table in (mon.grad_norms, mon.output_grad_norms, mon.activation_means,
-                  mon.activation_stds, mon.update_ratios):
+    for table in (mon.grad_norms, mon.output_grad_norms, mon.output_means,
+                  mon.output_stds, mon.update_ratios):
         assert table.shape == (3, 4)
     assert np.isfinite(mon.grad_norms).all()
     assert np.isnan(mon.update_ratios).all()  # no optimizer given
-    assert repr(mon) == "GradientMonitor(4 layers, 3 steps, detached)"
+    assert repr(mon) == "GradientMonitor(4 layers, 8 parameters, 3 steps, detached)"
 
 
 def test_statistics_equal_hand_computed_values():
@@ -75,8 +75,8 @@ def test_statistics_equal_hand_computed_values():
         expected_out_grad = float(torch.linalg.vector_norm(out.grad))
         np.testing.assert_allclose(mon.output_grad_norms[0, i], expected_out_grad, rtol=1e-5)
         std, mean = torch.std_mean(out.detach(), correction=0)  # population std
-        np.testing.assert_allclose(mon.activation_means[0, i], float(mean), rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(mon.activation_stds[0, i], float(std), rtol=1e-4)
+        np.testing.assert_allclose(mon.output_means[0, i], float(mean), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(mon.output_stds[0, i], float(std), rtol=1e-4)
 
 
 def test_output_grad_norms_match_autograd_grad():
@@ -155,7 +155,7 @@ def test_no_grad_forward_creates_no_row():
     assert np.isfinite(mon.grad_norms).all()
 
 
-def test_activation_columns_come_from_the_forward_before_the_backward():
+def test_output_columns_come_from_the_forward_before_the_backward():
     model = _model()
     x_eval, x_train = torch.randn(8, 5) * 10, torch.randn(8, 5)
     with GradientMonitor(model) as mon:
@@ -163,7 +163,7 @@ def test_activation_columns_come_from_the_forward_before_the_backward():
             model(x_eval)
         out = model[0].linear(x_train).detach()
         model(x_train).sum().backward()
-    np.testing.assert_allclose(mon.activation_means[0, 0], float(out.mean()), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(mon.output_means[0, 0], float(out.mean()), rtol=1e-4, atol=1e-6)
 
 
 def test_hooks_are_removed_on_exit_and_no_rows_are_added_afterwards():
@@ -221,8 +221,8 @@ def test_nan_in_input_is_named_at_the_first_layer():
     with GradientMonitor(model) as mon:
         model(x).sum().backward()
     event = mon.first_nonfinite
-    assert event == NonFiniteEvent(step=0, layer="0.linear", where="activation")
-    assert str(event) == "step 0: non-finite activation in layer '0.linear'"
+    assert event == NonFiniteEvent(step=0, layer="0.linear", where="output")
+    assert str(event) == "step 0: non-finite output in layer '0.linear'"
 
 
 def test_nan_seen_at_a_later_step_reports_that_step():
@@ -269,7 +269,7 @@ def test_nan_introduced_in_the_middle_of_backward_names_the_first_layer_below_it
     assert mon.first_nonfinite == NonFiniteEvent(0, "1.linear", "output_grad")
     assert np.isfinite(mon.grad_norms[0, 2:]).all()
     assert np.isnan(mon.grad_norms[0, :2]).all()
-    assert np.isfinite(mon.activation_means).all()
+    assert np.isfinite(mon.output_means).all()
 
 
 def test_raise_mode_raises_from_forward():
@@ -279,7 +279,7 @@ def test_raise_mode_raises_from_forward():
     with GradientMonitor(model, on_nonfinite="raise") as mon:
         with pytest.raises(NonFiniteError, match="0.linear") as info:
             model(x)
-    assert info.value.event == NonFiniteEvent(0, "0.linear", "activation")
+    assert info.value.event == NonFiniteEvent(0, "0.linear", "output")
     assert isinstance(info.value, FloatingPointError)
     assert mon.first_nonfinite == info.value.event
 
@@ -307,7 +307,7 @@ def test_huge_but_finite_gradients_are_not_flagged():
         assert mon.grad_norms[0, i] > 1e25
 
 
-def test_huge_but_finite_activations_are_not_flagged():
+def test_huge_but_finite_outputs_are_not_flagged():
     layer = nn.Linear(1000, 1000)
     with torch.no_grad():
         layer.weight.zero_()
@@ -316,8 +316,8 @@ def test_huge_but_finite_activations_are_not_flagged():
     with GradientMonitor(model) as mon:
         model(torch.randn(4, 1000)).sum().backward()
     assert mon.first_nonfinite is None
-    assert mon.activation_means[0, 0] == pytest.approx(1e36, rel=1e-6)
-    assert mon.activation_stds[0, 0] == pytest.approx(0.0, abs=1e30)
+    assert mon.output_means[0, 0] == pytest.approx(1e36, rel=1e-6)
+    assert mon.output_stds[0, 0] == pytest.approx(0.0, abs=1e30)
 
 
 def test_conv_layers_are_monitored():
@@ -332,7 +332,7 @@ def test_conv_layers_are_monitored():
     expected = [float(torch.linalg.vector_norm(model[i].weight.grad)) for i in (0, 2, 4)]
     np.testing.assert_allclose(mon.grad_norms[0], expected, rtol=1e-5)
     conv_out = model[0](x).detach()
-    np.testing.assert_allclose(mon.activation_means[0, 0], float(conv_out.mean()), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(mon.output_means[0, 0], float(conv_out.mean()), rtol=1e-4, atol=1e-6)
 
 
 def test_frozen_layers_have_no_weight_gradient_but_an_output_gradient():
@@ -352,20 +352,20 @@ def test_bad_constructor_arguments():
         GradientMonitor(model, optimizer="sgd")
     with pytest.raises(ValueError, match="on_nonfinite"):
         GradientMonitor(model, on_nonfinite="ignore")
-    with pytest.raises(ValueError, match="no nn.Linear"):
+    with pytest.raises(ValueError, match="no trainable parameter and no nn.Linear"):
         GradientMonitor(nn.Sequential(nn.ReLU(), nn.Tanh()))
+    frozen = nn.Sequential(nn.LayerNorm(3))
+    frozen.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        GradientMonitor(frozen)
 
 
 def test_update_ratio_goes_to_the_backward_row_even_after_an_eval_forward():
-    import torch
-
-    import gradlab as gl
-
-    gl.seed_everything(0)
-    model = gl.mlp(3, 8)
+    torch.manual_seed(0)
+    model = mlp(3, 8)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(4, 8)
-    with gl.GradientMonitor(model, opt) as mon:
+    with GradientMonitor(model, opt) as mon:
         for _ in range(2):
             opt.zero_grad()
             model(x).pow(2).mean().backward()
@@ -375,3 +375,434 @@ def test_update_ratio_goes_to_the_backward_row_even_after_an_eval_forward():
     ratios = mon.update_ratios
     assert ratios.shape == (2, 3)
     assert (ratios > 0).all()  # each step's ratio landed in its own row, none lost or shifted
+
+
+# -- the per-parameter view on any nn.Module --------------------------------------------------
+# Every expected value below is computed from the tensors themselves, in float64, after the
+# backward pass or around the optimizer step: independent of the monitor's own reductions.
+
+def _transformer():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0.0,
+                                       batch_first=True)
+    model = nn.Sequential(nn.Embedding(30, 16),
+                          nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False),
+                          nn.Linear(16, 3))
+    return model, torch.randint(0, 30, (4, 7))
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    return model, torch.randn(5, 3, 8, 8)
+
+
+def _embedding_model(sparse=False):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(12, 6, sparse=sparse), nn.Flatten(), nn.LayerNorm(18),
+                          nn.Linear(18, 2))
+    return model, torch.tensor([[1, 4, 1], [4, 4, 7], [0, 1, 11]])  # repeated rows
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return mlp(4, 16, in_features=5, out_features=3, activation="tanh"), torch.randn(8, 5)
+
+
+MODELS = {"transformer": _transformer, "conv": _conv_net, "embedding": _embedding_model, "mlp": _mlp}
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05),  # the update read from the gradient
+    "momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
+}
+
+
+def _norm(t):
+    if t.is_sparse:
+        t = t.coalesce().values()
+    return float(torch.linalg.vector_norm(t.detach().double()))
+
+
+def _ratio(change, old):
+    return change / old if old != 0 else (np.inf if change > 0 else 0.0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_param_grad_norms_cover_every_trainable_parameter(name):
+    model, x = MODELS[name]()
+    with GradientMonitor(model) as mon:
+        for _ in range(2):
+            model.zero_grad()
+            model(x).pow(2).mean().backward()
+            expected = [_norm(p.grad) for _, p in model.named_parameters()]
+    assert mon.param_names == [n for n, _ in model.named_parameters()]
+    assert mon.param_grad_norms.shape == (2, len(expected))
+    np.testing.assert_allclose(mon.param_grad_norms[1], expected, rtol=1e-5)
+    # the per-layer weight-gradient norms are the weights' columns of the per-parameter table
+    weights = [mon.param_names.index(f"{n}.weight" if n else "weight") for n in mon.layer_names]
+    np.testing.assert_array_equal(mon.grad_norms, mon.param_grad_norms[:, weights])
+
+
+def test_transformer_parameters_and_layers_that_are_not_called():
+    model, x = _transformer()
+    outputs = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            output.retain_grad()
+            outputs[name] = output
+        return hook
+
+    handles = [m.register_forward_hook(keep(n)) for n, m in model.named_modules()
+               if n.endswith(("linear1", "linear2"))]
+    with GradientMonitor(model) as mon:
+        model(x).pow(2).sum().backward()
+    for h in handles:
+        h.remove()
+    for name, out in outputs.items():  # outputs of shape (batch, sequence, features)
+        i = mon.layer_names.index(name)
+        assert mon.output_grad_norms[0, i] == pytest.approx(_norm(out.grad), rel=1e-5)
+        assert mon.output_stds[0, i] == pytest.approx(float(out.detach().double().std(correction=0)),
+                                                      rel=1e-5)
+    for name in ("0.weight", "1.layers.0.self_attn.in_proj_weight", "1.layers.0.norm1.weight",
+                 "1.layers.1.norm2.bias", "1.layers.1.linear2.bias"):
+        assert name in mon.param_names
+    # nn.MultiheadAttention applies out_proj functionally: no output columns, but a gradient
+    out_proj = mon.layer_names.index("1.layers.0.self_attn.out_proj")
+    assert np.isnan(mon.output_means[0, out_proj]) and np.isnan(mon.output_grad_norms[0, out_proj])
+    assert mon.grad_norms[0, out_proj] == pytest.approx(
+        _norm(model[1].layers[0].self_attn.out_proj.weight.grad), rel=1e-5)
+    linear1 = mon.layer_names.index("1.layers.0.linear1")
+    assert np.isfinite(mon.output_stds[0, linear1])
+
+
+def test_conv_net_covers_batch_norm_and_conv_biases():
+    model, x = _conv_net()
+    with GradientMonitor(model) as mon:
+        model(x).pow(2).sum().backward()
+    assert mon.param_names == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias",
+                               "6.weight", "6.bias"]
+    assert mon.layer_names == ["0", "3", "6"]
+    out = model[0](x).detach().double()
+    assert mon.output_means[0, 0] == pytest.approx(float(out.mean()), rel=1e-5, abs=1e-7)
+    assert mon.output_stds[0, 0] == pytest.approx(float(out.std(correction=0)), rel=1e-5)
+
+
+def test_a_model_with_parameters_but_no_linear_layer():
+    torch.manual_seed(0)
+    model = nn.LayerNorm(4)
+    with GradientMonitor(model) as mon:
+        model(torch.randn(3, 4)).pow(3).sum().backward()
+    assert mon.layer_names == [] and mon.param_names == ["weight", "bias"]
+    assert mon.grad_norms.shape == (1, 0) and mon.output_means.shape == (1, 0)
+    np.testing.assert_allclose(mon.param_grad_norms[0], [_norm(model.weight.grad), _norm(model.bias.grad)],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("opt_name", OPTIMIZERS)
+@pytest.mark.parametrize("name", MODELS)
+def test_param_update_ratios_equal_the_change_of_the_weights(name, opt_name):
+    model, x = MODELS[name]()
+    params = list(model.parameters())
+    opt = OPTIMIZERS[opt_name](params)
+    realized, intended = [], []
+    with GradientMonitor(model, opt) as mon:
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            old = [p.detach().clone() for p in params]
+            grads = [_norm(p.grad) for p in params]
+            opt.step()
+            realized.append([_ratio(_norm(p - w), _norm(w)) for p, w in zip(params, old, strict=True)])
+            intended.append([_ratio(0.05 * g, _norm(w)) for g, w in zip(grads, old, strict=True)])
+    realized = np.array(realized)
+    ratios = mon.param_update_ratios
+    assert ratios.shape == realized.shape
+    np.testing.assert_array_equal(np.isinf(ratios), np.isinf(realized))  # zero-initialized biases
+    finite = np.isfinite(realized)
+    if opt_name == "sgd":
+        # SGD's step read from the gradient: lr * ||g|| / ||W||, within the documented rounding
+        np.testing.assert_allclose(ratios[finite], np.array(intended)[finite], rtol=1e-5)
+        bound = 2.0**-24 * (1 + 3 * realized[finite]) + 1e-5 * realized[finite]
+        assert (np.abs(ratios[finite] - realized[finite]) <= bound).all()
+    else:
+        np.testing.assert_allclose(ratios[finite], realized[finite], rtol=1e-5)
+    weights = [mon.param_names.index(f"{n}.weight" if n else "weight") for n in mon.layer_names]
+    np.testing.assert_array_equal(mon.update_ratios, ratios[:, weights])
+
+
+def _step_with(change_between, opt_name):
+    """One monitored step where ``change_between(model)`` runs between backward and step;
+    returns (recorded, realized) update ratios per parameter."""
+    model = _mlp()[0]
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    params = list(model.parameters())
+    opt = OPTIMIZERS[opt_name](params)
+    with GradientMonitor(model, opt) as mon:
+        model(x).pow(2).mean().backward()
+        change_between(model)
+        old = [p.detach().clone() for p in params]
+        opt.step()
+    realized = [_ratio(_norm(p - w), _norm(w)) for p, w in zip(params, old, strict=True)]
+    return mon.param_update_ratios[0], np.array(realized)
+
+
+def _clip(model):
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+
+
+def _replace_grads(model):
+    for p in model.parameters():
+        p.grad = p.grad * 0.5  # a new tensor
+
+
+def _shrink_weights(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+
+
+def _new_weights(model):
+    for p in model.parameters():
+        p.data = p.data * 3.0  # a new storage
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("change_between", [_clip, _replace_grads, _shrink_weights, _new_weights])
+def test_update_ratio_sees_changes_between_backward_and_step(change_between, opt_name):
+    """Norms and copies taken in the backward hooks are not used once W or .grad changed."""
+    recorded, realized = _step_with(change_between, opt_name)
+    unchanged, _ = _step_with(lambda model: None, opt_name)
+    finite = np.isfinite(realized)
+    bound = 2.0**-24 * (1 + 3 * realized[finite]) + 1e-5 * realized[finite]  # as documented
+    assert (np.abs(recorded[finite] - realized[finite]) <= bound).all()
+    if opt_name == "sgd" or change_between in (_shrink_weights, _new_weights):  # Adam: no effect
+        assert (np.abs(recorded[finite] / unchanged[finite] - 1) > 0.1).all()  # the change was seen
+    assert np.array_equal(np.isinf(recorded), np.isinf(realized))
+
+
+def test_sgd_update_ratio_after_accumulated_backward_passes():
+    model, x = _mlp()
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.05)
+    with GradientMonitor(model, opt) as mon:
+        model(x).pow(2).mean().backward()
+        model(x[:3]).pow(2).mean().backward()  # .grad is now a sum: its norm is not the hook's
+        old = [p.detach().clone() for p in params]
+        opt.step()
+    realized = np.array([_ratio(_norm(p - w), _norm(w)) for p, w in zip(params, old, strict=True)])
+    finite = np.isfinite(realized)
+    assert np.isnan(mon.param_update_ratios[0]).all()
+    np.testing.assert_allclose(mon.param_update_ratios[1][finite], realized[finite], rtol=1e-4)
+
+
+def test_parameters_without_gradient_or_outside_the_optimizer_have_nan_ratios():
+    model, x = _mlp()
+    opt = torch.optim.SGD(list(model.parameters())[2:], lr=0.1)  # not the first layer
+    with GradientMonitor(model, opt) as mon:
+        model(x).sum().backward()
+        model[3].linear.bias.grad = None  # the optimizer skips it
+        opt.step()
+    ratios = mon.param_update_ratios[0]
+    assert np.isnan(ratios[:2]).all()
+    assert np.isnan(ratios[mon.param_names.index("3.linear.bias")])
+    assert (ratios[2:-1] > 0).all()
+
+
+def test_sparse_embedding_gradients():
+    model, x = _embedding_model(sparse=True)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    with GradientMonitor(model, opt) as mon:
+        model(x).pow(2).sum().backward()
+        assert model[0].weight.grad.is_sparse
+        expected = [_norm(p.grad) for p in params]  # the coalesced rows: duplicates summed
+        old = [p.detach().clone() for p in params]
+        opt.step()
+    np.testing.assert_allclose(mon.param_grad_norms[0], expected, rtol=1e-5)
+    realized = [_ratio(_norm(p - w), _norm(w)) for p, w in zip(params, old, strict=True)]
+    np.testing.assert_allclose(mon.param_update_ratios[0], realized, rtol=1e-4)
+
+
+def test_bfloat16_model():
+    torch.manual_seed(0)
+    model = mlp(3, 16, in_features=5, out_features=2).to(torch.bfloat16)
+    x = torch.randn(8, 5, dtype=torch.bfloat16)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)  # bfloat16: the change is measured, not predicted
+    outputs, handles = _capture_outputs(model)
+    realized = []
+    with GradientMonitor(model, opt) as mon:
+        for _ in range(3):
+            outputs.clear()
+            opt.zero_grad()
+            model(x).float().pow(2).sum().backward()
+            old = [p.detach().clone() for p in params]
+            opt.step()
+            realized.append([_ratio(_norm(p - w), _norm(w)) for p, w in zip(params, old, strict=True)])
+    for h in handles:
+        h.remove()
+    np.testing.assert_allclose(mon.param_grad_norms[-1], [_norm(p.grad) for p in params], rtol=1e-5)
+    np.testing.assert_allclose(mon.output_stds[-1], [float(o.detach().double().std(correction=0))
+                                                     for o in outputs], rtol=1e-5)
+    finite = np.isfinite(realized)
+    np.testing.assert_allclose(mon.param_update_ratios[finite], np.array(realized)[finite], rtol=1e-5)
+
+
+# -- a layer called several times, a bare layer, stable statistics ----------------------------
+
+class Twice(nn.Module):
+    """The same Linear applied twice in one forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+
+
+def test_a_layer_called_twice_is_measured_over_both_calls():
+    torch.manual_seed(0)
+    model = Twice()
+    with torch.no_grad():
+        model.inner.bias.fill_(1.0)  # the two calls' outputs differ in mean
+    x = torch.randn(16, 6)
+    outputs = []
+
+    def keep(module, args, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    handle = model.inner.register_forward_hook(keep)
+    with GradientMonitor(model) as mon:
+        model(x).pow(2).sum().backward()
+    handle.remove()
+    assert len(outputs) == 2
+    per_call = [_norm(o.grad) for o in outputs]
+    both = torch.cat([o.detach().reshape(-1) for o in outputs]).double()
+    assert mon.output_grad_norms[0, 0] == pytest.approx(np.hypot(*per_call), rel=1e-5)
+    assert mon.output_grad_norms[0, 0] > max(per_call) * 1.01  # more than either call alone
+    assert mon.output_means[0, 0] == pytest.approx(float(both.mean()), rel=1e-6)
+    assert mon.output_stds[0, 0] == pytest.approx(float(both.std(correction=0)), rel=1e-5)
+    assert mon.grad_norms[0, 0] == pytest.approx(_norm(model.inner.weight.grad), rel=1e-5)
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(5, 3), nn.Conv1d(2, 3, 3)])
+def test_a_bare_layer_is_its_own_model(layer):
+    torch.manual_seed(0)
+    x = torch.randn(4, 5) if isinstance(layer, nn.Linear) else torch.randn(4, 2, 7)
+    with GradientMonitor(layer) as mon:
+        out = layer(x)
+        out.retain_grad()
+        out.pow(2).sum().backward()
+    assert mon.layer_names == [""] and mon.param_names == ["weight", "bias"]
+    expected = out.detach().double()
+    assert mon.output_means[0, 0] == pytest.approx(float(expected.mean()), rel=1e-5, abs=1e-7)
+    assert mon.output_stds[0, 0] == pytest.approx(float(expected.std(correction=0)), rel=1e-5)
+    assert mon.output_grad_norms[0, 0] == pytest.approx(_norm(out.grad), rel=1e-5)
+
+
+def _constant_layer(mean, std, n_in=16, n_out=256):
+    """A Linear whose outputs are ``mean`` plus noise of standard deviation about ``std``."""
+    torch.manual_seed(0)
+    layer = nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, std / np.sqrt(n_in))
+        layer.bias.fill_(mean)
+    return layer
+
+
+@pytest.mark.parametrize("mean,std", [(1e4, 1e-2), (-3e3, 1e-3), (0.4, 1.0), (0.0, 1.0)])
+def test_output_std_is_computed_stably(mean, std):
+    layer = _constant_layer(mean, std)
+    x = torch.randn(64, 16)
+    with GradientMonitor(layer) as mon:
+        out = layer(x)
+        out.sum().backward()
+    values = out.detach().double()
+    assert mon.output_means[0, 0] == pytest.approx(float(values.mean()), rel=1e-8, abs=1e-8)
+    assert mon.output_stds[0, 0] == pytest.approx(float(values.std(correction=0)), rel=1e-5)
+    if abs(mean) > 100 * std:
+        # the formula used before, ||y||^2/n - mean^2 in float32, is useless on this output
+        y = out.detach().reshape(-1)
+        naive = float(torch.dot(y, y)) / y.numel() - float(y.mean()) ** 2
+        assert not naive > 0 or abs(np.sqrt(naive) / float(values.std()) - 1) > 0.1
+
+
+def test_device_reductions_in_float64_agree(monkeypatch):
+    """Off the CPU, hooks keep float64 device scalars and read them once per pass; the same code
+    runs here on CPU tensors when _on_host says no."""
+    model, x = _mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    results = []
+    for on_host in (True, False):
+        monkeypatch.setattr("gradlab.monitor._on_host", lambda t, on_host=on_host: on_host)
+        model, _ = _mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        with GradientMonitor(model, opt) as mon:
+            for _ in range(2):
+                opt.zero_grad()
+                model(x).pow(2).mean().backward()
+                opt.step()
+        results.append(mon)
+    host, device = results
+    for table in ("param_grad_norms", "output_grad_norms", "output_means", "output_stds",
+                  "param_update_ratios"):
+        np.testing.assert_allclose(getattr(device, table), getattr(host, table), rtol=1e-5, atol=1e-7)
+    layer = _constant_layer(1e4, 1e-2)
+    with GradientMonitor(layer) as mon:
+        out = layer(torch.randn(64, 16))
+        out.sum().backward()
+    assert mon.output_stds[0, 0] == pytest.approx(float(out.detach().double().std(correction=0)),
+                                                  rel=1e-5)
+    x_bad = x.clone()
+    x_bad[0, 0] = float("nan")
+    with GradientMonitor(model) as mon:
+        model(x_bad).sum().backward()
+    assert mon.first_nonfinite == NonFiniteEvent(0, "0.linear", "output")
+
+
+# -- non-finite values in the per-parameter view ----------------------------------------------
+
+def test_nan_in_a_parameter_gradient_names_the_parameter():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2))
+    handle = model[1].weight.register_hook(lambda g: g * float("nan"))  # before the monitor's
+    with GradientMonitor(model) as mon:
+        model(torch.randn(5, 4)).sum().backward()
+    handle.remove()
+    assert mon.first_nonfinite == NonFiniteEvent(0, "1.weight", "param_grad")
+    assert str(mon.first_nonfinite) == "step 0: non-finite param_grad in parameter '1.weight'"
+    assert np.isfinite(mon.output_grad_norms).all()
+    assert np.isnan(mon.param_grad_norms[0, mon.param_names.index("1.weight")])
+
+
+def test_huge_but_finite_parameter_gradients_are_not_flagged():
+    model, x = _embedding_model()
+    with GradientMonitor(model) as mon:
+        (model(x) * 1e25).sum().backward()  # float32 sums of squares overflow, entries do not
+    assert mon.first_nonfinite is None
+    expected = [_norm(p.grad) for p in model.parameters()]
+    assert max(expected) > 1e25
+    np.testing.assert_allclose(mon.param_grad_norms[0], expected, rtol=1e-5)
+
+
+def test_a_backward_that_raises_midway_does_not_block_later_rows():
+    model, x = _mlp()
+
+    def boom(grad):
+        raise KeyError("boom")
+
+    with GradientMonitor(model) as mon:
+        handle = model[1].linear.weight.register_hook(boom)
+        with pytest.raises(KeyError):
+            model(x).sum().backward()
+        handle.remove()
+        model.zero_grad()
+        model(x).sum().backward()
+    assert mon.steps == 1
+    np.testing.assert_allclose(mon.param_grad_norms[0], [_norm(p.grad) for p in model.parameters()],
+                               rtol=1e-5)

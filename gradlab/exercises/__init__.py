@@ -11,12 +11,15 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.learning_rate`: the largest stable learning rate, Hessian-vector products
 - :mod:`.optimizers`: one Adam step ("Optimizer choice")
 - :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
+- :mod:`.activations`: Klambauer's moment map of an arbitrary activation ("Activations")
+- :mod:`.weight_decay`: one AdamW step ("Weight decay and spectral control")
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
 - :mod:`.normalization`: BatchNorm's backward pass in training mode ("Normalization")
 """
 
 from .accumulation import check_accumulated_gradient
+from .activations import MOMENT_MAP_ACTIVATIONS, check_moment_map
 from .clipping import check_clip_grad_norm
 from .distributed import check_global_norm
 from .harness import CheckResult, check_function
@@ -27,12 +30,15 @@ from .mixed_precision import check_update_scale
 from .normalization import check_batchnorm_backward
 from .optimizers import check_adam_step
 from .recurrent import check_bptt_jacobian
+from .weight_decay import check_adamw_step
 
 __all__ = [
     "CHI1_ACTIVATIONS",
+    "MOMENT_MAP_ACTIVATIONS",
     "CheckResult",
     "check_accumulated_gradient",
     "check_adam_step",
+    "check_adamw_step",
     "check_batchnorm_backward",
     "check_bptt_jacobian",
     "check_chi1",
@@ -42,6 +48,7 @@ __all__ = [
     "check_hvp",
     "check_layer_jacobian",
     "check_max_stable_lr",
+    "check_moment_map",
     "check_scalar_chain_gradient",
     "check_update_scale",
 ]

@@ -137,9 +137,13 @@ class VanillaRNN(nn.Module):
         inputs = x @ self.U.T  # every U x_t at once; only the recurrence is sequential
         if self.b is not None:
             inputs = inputs + self.b
+        # W is read once per sequence: a parametrization registered on it (spectral_norm,
+        # orthogonal) then runs once per forward pass, as it does for an nn.Linear's weight,
+        # not once per time step.
+        w_t = self.W.T
         hs, preacts = [h], []
         for t in range(x.shape[1]):
-            a = h @ self.W.T + inputs[:, t]
+            a = h @ w_t + inputs[:, t]
             h = self._phi(a)
             preacts.append(a)
             hs.append(h)

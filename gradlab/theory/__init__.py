@@ -2,10 +2,13 @@
 
 One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
-(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line) and
+(signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff) and :mod:`~gradlab.theory.normalization` (BatchNorm's gradient growth,
-LayerNorm's Jacobian, the Pre-LN residual stream). Every function that takes an ``activation``
+single-unit cliff), :mod:`~gradlab.theory.normalization` (BatchNorm's gradient growth,
+LayerNorm's Jacobian, the Pre-LN residual stream), :mod:`~gradlab.theory.optimizers` (Adam's step
+bound, its size under noise, the shadow of a gradient spike, its stability threshold) and
+:mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
+and noise, the orthogonality penalty's bounds). Every function that takes an ``activation``
 accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
 ``gl.theory.X``.
 """
@@ -26,13 +29,17 @@ from .jacobians import (
 
 # The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
 from .mean_field import _chi1_callable as _chi1_callable
+from .mean_field import _moment_map_callable as _moment_map_callable
 from .mean_field import _q_star_callable as _q_star_callable
 from .mean_field import (
     chi1,
     critical_sigma_w,
     depth_scale,
     gaussian_expectation,
+    gradient_factor,
     length_map,
+    moment_map,
+    normalizing_sigma_w,
     q_star,
 )
 from .normalization import (
@@ -41,7 +48,20 @@ from .normalization import (
     norm_jacobian_norm,
     pre_ln_stream_bounds,
 )
+from .optimizers import (
+    adam_noise_step_mean,
+    adam_noise_step_rms,
+    adam_spike_ratio,
+    adam_spike_recovery,
+    adam_stability_threshold,
+    adam_step_bound,
+)
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
+from .weight_decay import (
+    adamw_weight_bound,
+    noise_equilibrium_rms,
+    penalty_singular_value_bounds,
+)
 
 __all__ = [
     # jacobians
@@ -63,6 +83,9 @@ __all__ = [
     "chi1",
     "depth_scale",
     "critical_sigma_w",
+    "gradient_factor",
+    "normalizing_sigma_w",
+    "moment_map",
     # recurrent
     "bptt_jacobian",
     "bptt_jacobian_norms",
@@ -74,4 +97,15 @@ __all__ = [
     "norm_gradient_growth",
     "norm_jacobian_norm",
     "pre_ln_stream_bounds",
+    # optimizers
+    "adam_step_bound",
+    "adam_noise_step_mean",
+    "adam_noise_step_rms",
+    "adam_spike_ratio",
+    "adam_spike_recovery",
+    "adam_stability_threshold",
+    # weight_decay
+    "adamw_weight_bound",
+    "noise_equilibrium_rms",
+    "penalty_singular_value_bounds",
 ]

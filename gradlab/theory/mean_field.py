@@ -325,3 +325,83 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, *, q0: float = 1.0) 
         f"no critical sigma_w for {what}: chi_1 stays below 1 for every sigma_w up to {lo:.6g} "
         "with a fixed point"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Away from the fixed point, and the mean as well as the variance (the chapter "Activations")
+# ---------------------------------------------------------------------------------------------
+
+
+def gradient_factor(activation: str, q: float, sigma_w: float) -> float:
+    """``sigma_w² E[phi'(sqrt(q) z)²]``, ``z ~ N(0, 1)``: the factor by which a wide layer whose
+    pre-activations have second moment ``q`` multiplies the expected squared gradient norm.
+
+    The proof of :func:`chi1`'s theorem holds layer by layer at any ``q``; :func:`chi1` is this
+    factor at the fixed point ``q*``. Unlike :func:`chi1` it needs no fixed point, so it also
+    applies where ``q*`` is unstable or missing. For a homogeneous ``phi`` it is ``c sigma_w²``
+    at every ``q`` (``relu``: ``sigma_w² / 2``).
+    """
+    act = get_activation(activation)
+    q = check_real("q", q, minimum=0.0)
+    sigma_w = check_real("sigma_w", sigma_w, minimum=0.0)
+    if act.homogeneous is not None:
+        return _snap_to_one(act.homogeneous * sigma_w**2)
+    return sigma_w**2 * _expectation(lambda x: act.np_derivative(x) ** 2, q, act.kinks)
+
+
+def normalizing_sigma_w(activation: str, q: float = 1.0) -> float:
+    """The weight scale at which, without bias, the length map fixes ``q``:
+    ``sigma_w = sqrt(q / E[phi(sqrt(q) z)²])``, so that ``length_map(q, sigma_w, 0) = q``.
+
+    It is the initialization that preserves the forward second moment ``q`` (``relu``:
+    ``sqrt(2)``, He et al. 2015; ``selu``: 1 at ``q = 1``, Klambauer et al. 2017). Whether that
+    fixed point attracts is a separate question: the slope of the length map there decides.
+
+    Raises:
+        ValueError: for ``q <= 0`` (every bias-free map fixes 0) or an activation that is 0 on
+            the whole Gaussian (no scale moves it).
+    """
+    act = get_activation(activation)
+    q = check_real("q", q, minimum=0.0, strict=True)
+    second = act.homogeneous * q if act.homogeneous is not None else _expectation(
+        lambda x: act.np_fn(x) ** 2, q, act.kinks)
+    if second <= 0.0:
+        raise ValueError(f"E[phi²] = 0 for activation={act.name!r}: no weight scale fixes q={q:g}")
+    return math.sqrt(q / second)
+
+
+def _moment_map_callable(phi: ArrayFn, mean: float, variance: float, weight_sum: float,
+                         weight_square_sum: float, kinks: tuple[float, ...] = ()) -> tuple[float, float]:
+    """:func:`moment_map` for a NumPy function ``phi`` with the given ``kinks`` (unchecked)."""
+    shift = mean * weight_sum
+    spread = variance * weight_square_sum
+    shifted = tuple(k - shift for k in kinks)  # x -> phi(shift + x) has its kinks moved
+    first = _expectation(lambda x: phi(shift + x), spread, shifted)
+    second = _expectation(lambda x: phi(shift + x) ** 2, spread, shifted)
+    return first, max(second - first**2, 0.0)  # a variance; rounding can leave -1e-17
+
+
+def moment_map(activation: str, mean: float, variance: float, *, weight_sum: float = 0.0,
+               weight_square_sum: float = 1.0) -> tuple[float, float]:
+    """Klambauer et al. (2017)'s map ``g: (mu, nu) -> (mu_new, nu_new)`` of a unit's input mean
+    and variance to its output mean and variance.
+
+    A unit computes ``y = phi(z)``, ``z = sum_i w_i x_i``, from inputs ``x_i`` with mean ``mu``
+    and variance ``nu``. With ``omega = sum_i w_i`` (``weight_sum``) and ``tau = sum_i w_i²``
+    (``weight_square_sum``), the central limit theorem makes ``z ~ N(mu omega, nu tau)``, and
+
+        ``mu_new = E[phi(z)]``,    ``nu_new = E[phi(z)²] - mu_new²``.
+
+    Their "normalized weights" are ``omega = 0``, ``tau = 1`` (the defaults): then
+    ``z ~ N(0, nu)`` and, for ``selu``, ``(0, 1)`` is a fixed point. Computed by the same
+    quadrature as :func:`gaussian_expectation`, split at each kink of ``phi``.
+
+    Returns:
+        ``(mu_new, nu_new)``.
+    """
+    act = get_activation(activation)
+    mean = check_real("mean", mean)
+    variance = check_real("variance", variance, minimum=0.0)
+    weight_sum = check_real("weight_sum", weight_sum)
+    weight_square_sum = check_real("weight_square_sum", weight_square_sum, minimum=0.0)
+    return _moment_map_callable(act.np_fn, mean, variance, weight_sum, weight_square_sum, act.kinks)
