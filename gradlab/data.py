@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ._validate import check_choice, check_int, check_real, check_tensor
@@ -232,7 +233,8 @@ def token_batches(
 
     def draw(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = check_int("i", i, minimum=0)
-        g = torch.Generator().manual_seed(seed * 2**32 + i)
+        # torch's CPU generator keeps only the low 32 bits of a seed: mix (seed, i) into them
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
         starts = torch.randint(0, len(tokens) - context, (batch_size, 1), generator=g)
         return tokens[starts + offsets], tokens[starts + offsets + 1]
 
