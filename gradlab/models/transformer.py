@@ -120,10 +120,10 @@ class Transformer(nn.Module):
 
     Initialization (what the chapter's derivations assume, after Xiong et al. 2020): every linear
     weight is drawn from ``N(0, 1 / fan_in)`` (Xavier's variance for square matrices), so each
-    layer keeps ``E||h||²`` of its input; every bias is zero; norm layers start as the identity
-    map onto the sphere of radius ``sqrt(d_model)`` (gain 1, shift 0); token and position
-    embeddings are ``N(0, 1/2)`` each, so that ``x_0`` has unit variance per coordinate:
-    ``E||x_0||² = d_model``.
+    output coordinate of a layer has, in expectation, the mean square of its input's coordinates;
+    every bias is zero; the norms start with gain 1 and shift 0 (LayerNorm then maps each token
+    onto the sphere of radius ``sqrt(d_model)``); token and position embeddings are ``N(0, 1/2)``
+    each, so that ``x_0`` has unit variance per coordinate: ``E||x_0||² = d_model``.
 
     Args:
         vocab_size: number of token ids (at least 1).
