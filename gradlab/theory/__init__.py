@@ -3,16 +3,22 @@
 One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
-:mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff), :mod:`~gradlab.theory.normalization` (BatchNorm's gradient growth,
-LayerNorm's Jacobian, the Pre-LN residual stream), :mod:`~gradlab.theory.optimizers` (Adam's step
-bound, its size under noise, the shadow of a gradient spike, its stability threshold) and
+:mod:`~gradlab.theory.correlation` (two inputs through a wide network: the correlation map, its
+fixed point and depth scale), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
+Pascanu bound, the single-unit cliff and its saddle-node bifurcation),
+:mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
+the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.normalization`
+(BatchNorm's gradient growth, LayerNorm's Jacobian, the Pre-LN residual stream),
+:mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under noise, the shadow of a
+gradient spike, its stability threshold) and
 :mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
 and noise, the orthogonality penalty's bounds). Every function that takes an ``activation``
 accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
 ``gl.theory.X``.
 """
 
+from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
+from .correlation import c_star, correlation_depth_scale, correlation_map, correlation_slope
 from .jacobians import (
     activation_derivative,
     average_growth_factor,
@@ -26,22 +32,24 @@ from .jacobians import (
     spectral_norm,
     spectral_radius,
 )
-
-# The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
-from .mean_field import _chi1_callable as _chi1_callable
-from .mean_field import _moment_map_callable as _moment_map_callable
-from .mean_field import _q_star_callable as _q_star_callable
 from .mean_field import (
+    LengthMapPath,
     chi1,
     critical_sigma_w,
     depth_scale,
     gaussian_expectation,
     gradient_factor,
     length_map,
+    length_map_path,
     moment_map,
     normalizing_sigma_w,
     q_star,
 )
+
+# The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
+from .mean_field import _chi1_callable as _chi1_callable
+from .mean_field import _moment_map_callable as _moment_map_callable
+from .mean_field import _q_star_callable as _q_star_callable
 from .normalization import (
     bn_gradient_growth,
     norm_gradient_growth,
@@ -56,7 +64,16 @@ from .optimizers import (
     adam_stability_threshold,
     adam_step_bound,
 )
-from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
+from .recurrent import (
+    bptt_jacobian,
+    bptt_jacobian_norms,
+    cliff_bias,
+    cliff_gradient_norm,
+    dominant_mode_norms,
+    pascanu_bound,
+    saddle_node_bias,
+    saddle_node_offset,
+)
 from .weight_decay import (
     adamw_weight_bound,
     noise_equilibrium_rms,
@@ -79,6 +96,8 @@ __all__ = [
     # mean_field
     "gaussian_expectation",
     "length_map",
+    "length_map_path",
+    "LengthMapPath",
     "q_star",
     "chi1",
     "depth_scale",
@@ -92,6 +111,18 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
+    "dominant_mode_norms",
+    "saddle_node_bias",
+    "saddle_node_offset",
+    # correlation
+    "correlation_map",
+    "correlation_slope",
+    "c_star",
+    "correlation_depth_scale",
+    # clipping
+    "quartic_gd_threshold",
+    "quartic_clipped_steps",
+    "clipped_sgd_fixed_point",
     # normalization
     "bn_gradient_growth",
     "norm_gradient_growth",
