@@ -10,6 +10,7 @@ from torch import nn
 
 import gradlab as gl
 from gradlab.activations import ACTIVATIONS
+from gradlab.propagation import normalized_gradient_growth, residual_stream
 from gradlab.theory import (
     bn_gradient_growth,
     gaussian_expectation,
@@ -27,31 +28,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def measured_growth(activation, norm, batch, *, depth=20, width=256, seeds=5):
-    """Per-layer factor ||dL/du_{l-1}||² / ||dL/du_l||² between the hidden layers of gl.mlp
-    networks with a norm after every hidden linear layer (layer 1, fed by the raw input, left
-    out), for a random read-out gradient: mean over seeds and its standard error. The same
-    measurement as the chapter's, written independently of it."""
-    means = []
-    for seed in range(seeds):
-        with gl.utils.seeded(seed):
-            net = gl.mlp(depth, width, activation=activation, init="he", norm=norm)
-        g = torch.Generator().manual_seed(500 + seed)
-        x = torch.randn(batch, width, generator=g)
-        outputs = []
-
-        def keep(module, inputs, output, outputs=outputs):
-            output.retain_grad()
-            outputs.append(output)
-
-        hooks = [block.linear.register_forward_hook(keep) for block in list(net)[:-1]]
-        out = net(x)
-        out.backward(torch.randn(out.shape, generator=g))
-        for hook in hooks:
-            hook.remove()
-        sq = np.array([float(o.grad.pow(2).sum()) for o in outputs])
-        means.append(np.mean((sq[:-1] / sq[1:])[1:]))
-    return float(np.mean(means)), float(np.std(means, ddof=1) / math.sqrt(seeds))
+def measured_growth(activation, norm, batch, **options):
+    """The chapter's measurement (gl.propagation.normalized_gradient_growth): the mean over
+    networks of the per-layer factor, and its standard error."""
+    factors = normalized_gradient_growth(activation, norm, batch, **options)
+    return float(factors.mean()), float(factors.std(ddof=1) / math.sqrt(len(factors)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,30 +226,17 @@ def test_pre_ln_stream_matches_the_transformer(activation):
     within the bounds."""
     tokens = gl.data.markov_tokens(5000, vocab_size=16, seed=0)
     c = pre_ln_stream_bounds(1, activation)[0] - 1
-    ffn, attn, first, stream = [], [], [], []
+    records = []
     for seed in range(12):
         with gl.utils.seeded(seed):
             model = gl.models.Transformer(16, d_model=32, n_head=4, n_layer=8, context=16,
                                           activation=activation)
         idx, _ = gl.data.token_batches(tokens, batch_size=16, context=16, seed=seed)(0)
-        seen = {}
-        hooks = []
-        for k, block in enumerate(model.blocks):
-            for name, module in (("a", block.attn), ("f", block.ffn), ("s", block)):
-                hooks.append(module.register_forward_hook(
-                    lambda m, i, o, key=(name, k), seen=seen: seen.__setitem__(key, o)))
-        with torch.no_grad():
-            model(idx)
-        for hook in hooks:
-            hook.remove()
-
-        def msq(t):
-            return float(t.pow(2).sum(-1).mean()) / 32
-
-        ffn.append([msq(seen["f", k]) for k in range(8)])
-        attn.append([msq(seen["a", k]) for k in range(8)])
-        first.append([msq(seen["a", k][:, 0]) for k in range(8)])
-        stream.append([msq(seen["s", k]) for k in range(8)])
+        records.append(residual_stream(model, idx))
+    ffn = [r["ffn"] for r in records]
+    attn = [r["attention"] for r in records]
+    first = [r["attention_first"] for r in records]
+    stream = [r["stream"][1:] for r in records]
     assert np.mean(ffn) == pytest.approx(c, rel=0.05)
     assert np.mean(first) == pytest.approx(1.0, rel=0.05)
     attn = np.mean(attn, axis=0)
