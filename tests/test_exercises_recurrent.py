@@ -28,6 +28,7 @@ BPTT_WRONG = {
     "the wrong order": lambda W, hs, t: bptt_product(W, hs, t, order="left"),
     "off by one step": lambda W, hs, t: bptt_product(W, hs, t, slope_shift=1),
     "multiply the columns": lambda W, hs, t: bptt_product(W, hs, t, columns=True),
+    "slopes left out": lambda W, hs, t: torch.linalg.matrix_power(W, hs.shape[0] - 1 - t),
 }
 
 

@@ -259,6 +259,20 @@ def test_single_unit_last_state_is_elementwise_and_differentiable():
     assert single_unit_last_state(2.0, -0.1, h0=h0s, steps=3).shape == (3,)
 
 
+def test_pascanus_sigmoid_unit_is_the_single_unit_in_the_coordinates_h_equal_tanh_x_over_2():
+    """x_t = w sigmoid(x_{t-1}) + b (Pascanu et al. 2013) becomes h_t = tanh(w/4 h_{t-1} + w/4 + b/2)
+    for h_t = tanh(x_t / 2), and sigmoid(x_T) = (1 + h_T) / 2: the chapter computes that unit so."""
+    g = torch.Generator().manual_seed(0)
+    w = 12.0 * torch.rand(200, generator=g, dtype=torch.float64) - 6.0
+    b = 8.0 * torch.rand(200, generator=g, dtype=torch.float64) - 4.0
+    x0 = 4.0 * torch.rand(200, generator=g, dtype=torch.float64) - 2.0
+    x = x0
+    for _ in range(50):
+        x = w * torch.sigmoid(x) + b
+    h_last = single_unit_last_state(w / 4, w / 4 + b / 2, h0=torch.tanh(x0 / 2), steps=50)
+    torch.testing.assert_close((1 + h_last) / 2, torch.sigmoid(x), rtol=0.0, atol=1e-13)
+
+
 @pytest.mark.parametrize(("w", "h0", "steps"), [(2.0, 0.5, 30), (1.5, 0.5, 50), (3.0, -0.3, 20),
                                                   (1.0, 0.5, 40), (1.0, 0.0, 25)])
 def test_single_unit_stays_on_the_wall_and_matches_cliff_gradient_norm(w, h0, steps):

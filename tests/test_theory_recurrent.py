@@ -234,9 +234,9 @@ def _jump(w, steps, h0=0.5):
 def test_saddle_node_offset_and_the_cubic_growth_of_the_gradient():
     """h_0 = 0.5 > h_sn for w = 1.2, so h_T jumps where the orbit needs T steps to pass the
     vanished fixed point: b_sn - b_T -> pi² / (h_sn T²) as T grows (measured: ratio 0.505 at
-    T = 50, 0.944 at 800, 0.986 at 3200; the correction is about 2 T_0 / T, the steps spent
-    entering and leaving the bottleneck). The gradient there grows like T³ (local exponent
-    2.97 between T = 1600 and 3200), not like s^T."""
+    T = 50, 0.944 at 800, 0.986 at 3200; the ratio is about (T / (T + T_0))², since the orbit
+    needs T_0 ~ 23 steps fewer than tau: see the next test). The gradient there grows like T³
+    (local exponent 2.97 between T = 1600 and 3200), not like s^T."""
     w = 1.2
     ratios, grads = [], []
     for steps in (800, 1600, 3200):
@@ -247,6 +247,29 @@ def test_saddle_node_offset_and_the_cubic_growth_of_the_gradient():
     assert abs(ratios[2] - 1) < 0.03
     exponent = math.log(grads[2] / grads[1]) / math.log(2)
     assert 2.85 < exponent < 3.05, exponent
+
+
+def test_saddle_node_orbit_needs_a_fixed_number_of_steps_fewer_than_tau():
+    """From h_0 = 0.5 at w = 1.2 (h_sn = 0.408) and b = b_sn - eps, the orbit crosses 0 after a
+    number of steps N(eps) that falls short of tau = pi / sqrt(h_sn eps) by a constant T_0: tau
+    integrates the bottleneck's parabola over the whole line, while the orbit starts 0.09 above
+    h_sn and is read at 0. Measured: tau - N = 22.7, 22.8, 22.9 for eps = 1e-4, 1e-5, 1e-6, and
+    the jump bias at T = 1600 gives T_0 = T (1 / sqrt(ratio) - 1) = 23.4; the chapter states both."""
+    w, h0 = 1.2, 0.5
+    h_sn, b_sn = math.sqrt(1 - 1 / w), saddle_node_bias(w)
+    shortfalls = []
+    for eps in (1e-4, 1e-5, 1e-6):
+        h, steps = h0, 0
+        while h > 0:
+            h = math.tanh(w * h + b_sn - eps)
+            steps += 1
+        shortfalls.append(math.pi / math.sqrt(h_sn * eps) - steps)
+    assert all(21.0 < d < 24.0 for d in shortfalls), shortfalls
+    assert max(shortfalls) - min(shortfalls) < 1.0, shortfalls
+    b, _ = _jump(w, 1600)
+    ratio = (b_sn - b) / saddle_node_offset(w, 1600)
+    t0 = 1600 * (1 / math.sqrt(ratio) - 1)
+    assert abs(t0 - shortfalls[-1]) < 1.5, (t0, shortfalls)
 
 
 def test_saddle_node_jump_matches_autograd_of_the_shared_model():

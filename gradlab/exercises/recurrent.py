@@ -57,6 +57,9 @@ BPTT_SLIPS: Slips = {
     "produces, not h_{k-1}": lambda c: _product(c, range(*_lags(c))),
     "the slopes multiply the columns: diag(phi'(a_k)) W scales the rows of W (slope[:, None] * W), "
     "not its columns": lambda c: _product(c, range(_lags(c)[0] + 1, _lags(c)[1] + 1), rows=False),
+    "the slopes left out: W^(T - t) is the Jacobian of a linear network; each factor of the tanh "
+    "network is diag(1 - h_k²) W":
+        lambda c: torch.linalg.matrix_power(c.args[0], _lags(c)[1] - _lags(c)[0]),
 }
 
 
