@@ -12,6 +12,7 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.optimizers`: one Adam step ("Optimizer choice")
 - :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
 - :mod:`.activations`: Klambauer's moment map of an arbitrary activation ("Activations")
+- :mod:`.gated_rnns`: the LSTM cell Jacobian ("Gated recurrent networks")
 - :mod:`.weight_decay`: one AdamW step ("Weight decay and spectral control")
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
@@ -21,6 +22,7 @@ from .accumulation import check_accumulated_gradient
 from .activations import MOMENT_MAP_ACTIVATIONS, check_moment_map
 from .clipping import check_clip_grad_norm
 from .distributed import check_global_norm
+from .gated_rnns import check_lstm_cell_jacobian
 from .harness import CheckResult, check_function
 from .jacobians import check_layer_jacobian, check_scalar_chain_gradient
 from .learning_rate import check_hvp, check_max_stable_lr
@@ -44,6 +46,7 @@ __all__ = [
     "check_global_norm",
     "check_hvp",
     "check_layer_jacobian",
+    "check_lstm_cell_jacobian",
     "check_max_stable_lr",
     "check_moment_map",
     "check_scalar_chain_gradient",
