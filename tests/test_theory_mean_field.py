@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradlab import theory
+from gradlab import propagation, theory
 from gradlab.activations import (
     ACTIVATIONS,
     ELU_ALPHA,
@@ -353,53 +353,21 @@ def test_bad_inputs_raise_and_name_the_problem(error, match, call):
 # ---------------------------------------------------------------------------------------------
 
 
-def _record_preactivations(net, x, v=None):
-    """Run ``net`` on ``x`` and return the output of every linear layer (input to output) with
-    its gradient retained; with ``v``, also backpropagate ``(net(x) * v).sum()``."""
-    outputs = []
-
-    def keep(module, args, out):
-        if out.requires_grad:
-            out.retain_grad()
-        outputs.append(out)
-
-    hooks = [linear.register_forward_hook(keep) for linear in net.linears]
-    try:
-        y = net(x)
-        if v is not None:
-            (y * v).sum().backward()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return outputs
-
-
-def _fitted_growth(activation, sigma_w, sigma_b, depth=25, width=256, batch=64, seeds=4):
-    """Per-layer factor of ||dL/dz^l||², fitted (log-linear) over ``depth`` layers of the mean
-    over seeds of ||dL/dz^l||² / ||dL/dz^{L-1}||², with v ~ N(0, I) at the read-out. The inputs
-    give the first pre-activations the second moment q* (unit variance where q* does not exist:
-    homogeneous activations beyond criticality, whose chi_1 does not depend on q)."""
-    try:
-        q = theory.q_star(activation, sigma_w, sigma_b)
-    except ValueError:
-        q = sigma_w**2 + sigma_b**2
-    input_std = math.sqrt((q - sigma_b**2) / sigma_w**2)  # sigma_w² E[x²] + sigma_b² = q
-    ratios = []
+def _fitted_growth(activation, sigma_w, sigma_b, depth=25, seeds=4):
+    """Per-layer factor of ||dL/dz^l||², fitted (log-linear) over ``depth`` layers of width 256
+    to the mean over ``seeds`` networks of ``gradlab.propagation.gradient_growth`` (the function
+    the chapter plots), with v ~ N(0, I) at the read-out and the first layer at q* (unit-variance
+    inputs where q* does not exist: homogeneous activations beyond criticality, whose chi_1 does
+    not depend on q)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 256-wide layers: threads cost more than they give on a busy CPU
     try:
-        for seed in range(seeds):
-            torch.manual_seed(seed)
-            net = mlp(depth, width, activation=activation, init="gaussian", gain=sigma_w,
-                      bias_std=sigma_b)
-            x = input_std * torch.randn(batch, width)
-            zs = _record_preactivations(net, x, v=torch.randn(batch, width))
-            g = torch.stack([z.grad.norm() for z in zs]).double().numpy()
-            ratios.append((g / g[-1]) ** 2)
+        ratios = propagation.gradient_growth(activation, sigma_w, sigma_b, depth=depth, width=256,
+                                             batch=64, seeds=seeds)
     finally:
         torch.set_num_threads(threads)
     layers_below = np.arange(depth)[::-1]  # layer l is depth-1-l layers below the read-out
-    return math.exp(np.polyfit(layers_below, np.log(np.mean(ratios, axis=0)), 1)[0])
+    return math.exp(np.polyfit(layers_below, np.log(ratios.mean(axis=0)), 1)[0])
 
 
 @pytest.mark.parametrize("activation, sigma_w, sigma_b", [
@@ -429,8 +397,7 @@ def test_length_map_predicts_measured_forward_second_moments(activation, sigma_w
         torch.manual_seed(0)
         net = mlp(depth, width, activation=activation, init="gaussian", gain=sigma_w, bias_std=sigma_b)
         x = torch.randn(256, width) * math.sqrt((q0 - sigma_b**2) / sigma_w**2)
-        with torch.no_grad():
-            zs = _record_preactivations(net, x)
+        zs = propagation.preactivations(net, x)
         measured = np.array([float(z.pow(2).mean()) for z in zs[:-1]])
         predicted = [q0]
         for _ in range(depth - 2):
@@ -640,8 +607,8 @@ def _squared_gradient_ratios(activation, sigma_w, depth, *, q1=1.0, width=256, b
         for seed in range(seeds):
             torch.manual_seed(seed)
             net = mlp(depth, width, activation=activation, init="gaussian", gain=sigma_w)
-            zs = _record_preactivations(net, math.sqrt(q1) / sigma_w * torch.randn(batch, width),
-                                        v=torch.randn(batch, width))
+            zs = propagation.preactivations(net, math.sqrt(q1) / sigma_w * torch.randn(batch, width),
+                                            grad_output=torch.randn(batch, width))
             g = torch.stack([z.grad.norm() for z in zs]).double().numpy()
             rows.append((g / g[-1]) ** 2)
     finally:
@@ -787,7 +754,7 @@ def _tanh_profiles(gain, seeds, depth=30, width=256, batch=64):
             torch.manual_seed(seed)
             net = mlp(depth, width, activation="tanh", init="gaussian", gain=gain)
             x = torch.randn(batch, width)
-            zs = _record_preactivations(net, x, v=torch.randn(batch, width))
+            zs = propagation.preactivations(net, x, grad_output=torch.randn(batch, width))
             g = np.array([float(z.grad.norm()) for z in zs])
             grads.append(g / g[-1])
             qs.append([float(z.detach().pow(2).mean()) for z in zs])

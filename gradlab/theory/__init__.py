@@ -3,14 +3,20 @@
 One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
-:mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff), :mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under noise,
-the shadow of a gradient spike, its stability threshold) and :mod:`~gradlab.theory.weight_decay`
-(how far AdamW lets a weight grow, the equilibrium of decay and noise, the orthogonality
-penalty's bounds). Every function that takes an ``activation`` accepts any name of
-:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
+:mod:`~gradlab.theory.correlation` (two inputs through a wide network: the correlation map, its
+fixed point and depth scale), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
+Pascanu bound, the single-unit cliff and its saddle-node bifurcation),
+:mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
+the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.optimizers` (Adam's
+step bound, its size under noise, the shadow of a gradient spike, its stability threshold) and
+:mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
+and noise, the orthogonality penalty's bounds). Every function that takes an ``activation``
+accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
+``gl.theory.X``.
 """
 
+from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
+from .correlation import c_star, correlation_depth_scale, correlation_map, correlation_slope
 from .jacobians import (
     activation_derivative,
     average_growth_factor,
@@ -50,7 +56,16 @@ from .optimizers import (
     adam_stability_threshold,
     adam_step_bound,
 )
-from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
+from .recurrent import (
+    bptt_jacobian,
+    bptt_jacobian_norms,
+    cliff_bias,
+    cliff_gradient_norm,
+    dominant_mode_norms,
+    pascanu_bound,
+    saddle_node_bias,
+    saddle_node_offset,
+)
 from .weight_decay import (
     adamw_weight_bound,
     noise_equilibrium_rms,
@@ -88,6 +103,18 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
+    "dominant_mode_norms",
+    "saddle_node_bias",
+    "saddle_node_offset",
+    # correlation
+    "correlation_map",
+    "correlation_slope",
+    "c_star",
+    "correlation_depth_scale",
+    # clipping
+    "quartic_gd_threshold",
+    "quartic_clipped_steps",
+    "clipped_sgd_fixed_point",
     # optimizers
     "adam_step_bound",
     "adam_noise_step_mean",
