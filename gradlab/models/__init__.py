@@ -5,7 +5,9 @@
 - :mod:`~gradlab.models.rnn`: recurrent networks (:class:`VanillaRNN`, :class:`LSTM`,
   :class:`GRU`), their state Jacobians against the lag (:func:`state_jacobian_norms`) and
   the single-unit network of Pascanu et al. 2013 (:class:`SingleUnitRNN`,
-  :func:`single_unit_last_state`).
+  :func:`single_unit_last_state`);
+- :mod:`~gradlab.models.transformer`: a small decoder-only transformer with Pre-LN or Post-LN
+  blocks (:class:`Transformer`, :class:`TransformerBlock`) and its loss (:func:`lm_loss`).
 
 A new family is a new module here plus one import line below. Activations come from the one
 registry, :data:`gradlab.activations.ACTIVATIONS`, re-exported as ``models.ACTIVATIONS``.
@@ -22,6 +24,7 @@ from .rnn import (
     single_unit_last_state,
     state_jacobian_norms,
 )
+from .transformer import NORM_POSITIONS, Transformer, TransformerBlock, lm_loss
 
 __all__ = [
     "ACTIVATIONS",
@@ -30,12 +33,16 @@ __all__ = [
     "LSTM",
     "MLP",
     "NORMS",
+    "NORM_POSITIONS",
     "RNN_INITS",
     "Block",
     "SingleUnitRNN",
+    "Transformer",
+    "TransformerBlock",
     "VanillaRNN",
     "exploding_mlp",
     "init_linear_",
+    "lm_loss",
     "mlp",
     "single_unit_last_state",
     "state_jacobian_norms",
