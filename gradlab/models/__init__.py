@@ -4,13 +4,16 @@
   the book's exploding network (:func:`exploding_mlp`);
 - :mod:`~gradlab.models.rnn`: recurrent networks (:class:`VanillaRNN`, :class:`LSTM`,
   :class:`GRU`) and the single-unit network of Pascanu et al. 2013 (:class:`SingleUnitRNN`,
-  :func:`single_unit_last_state`).
+  :func:`single_unit_last_state`);
+- :mod:`~gradlab.models.init`: data-dependent initialization of any model's linear and
+  convolution layers (:func:`lsuv_init_`, Mishkin & Matas 2016).
 
 A new family is a new module here plus one import line below. Activations come from the one
 registry, :data:`gradlab.activations.ACTIVATIONS`, re-exported as ``models.ACTIVATIONS``.
 """
 
 from ..activations import ACTIVATIONS
+from .init import LSUV_LAYERS, lsuv_init_
 from .mlp import INITS, MLP, NORMS, Block, exploding_mlp, init_linear_, mlp
 from .rnn import GRU, LSTM, RNN_INITS, SingleUnitRNN, VanillaRNN, single_unit_last_state
 
@@ -18,6 +21,7 @@ __all__ = [
     "ACTIVATIONS",
     "GRU",
     "INITS",
+    "LSUV_LAYERS",
     "LSTM",
     "MLP",
     "NORMS",
@@ -27,6 +31,7 @@ __all__ = [
     "VanillaRNN",
     "exploding_mlp",
     "init_linear_",
+    "lsuv_init_",
     "mlp",
     "single_unit_last_state",
 ]

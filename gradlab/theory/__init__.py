@@ -3,6 +3,8 @@
 One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
+:mod:`~gradlab.theory.isometry` (the whole singular-value spectrum of the input-output Jacobian:
+Gaussian against orthogonal weights, the critical line labelled by ``q*``),
 :mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
 single-unit cliff) and :mod:`~gradlab.theory.weight_decay` (Adam's step bound, how far AdamW
 lets a weight grow, the equilibrium of decay and noise, the orthogonality penalty's bounds).
@@ -39,6 +41,12 @@ from .mean_field import (
     normalizing_sigma_w,
     q_star,
 )
+from .isometry import (
+    critical_point,
+    input_output_jacobian,
+    jacobian_singular_values,
+    jacobian_spectrum_moments,
+)
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
 from .weight_decay import (
     adam_step_bound,
@@ -70,6 +78,11 @@ __all__ = [
     "gradient_factor",
     "normalizing_sigma_w",
     "moment_map",
+    # isometry
+    "critical_point",
+    "jacobian_spectrum_moments",
+    "input_output_jacobian",
+    "jacobian_singular_values",
     # recurrent
     "bptt_jacobian",
     "bptt_jacobian_norms",
