@@ -167,3 +167,34 @@ def test_a_constant_layer_output_is_refused():
     # a single output entry has no variance either
     with pytest.raises(ValueError, match="constant"):
         lsuv_init_(nn.Linear(3, 1), torch.randn(1, 3))
+
+
+def test_lsuv_finds_he_scale_for_relu_and_the_chaotic_normalizing_scale_for_tanh():
+    """From PyTorch's default init, LSUV scales the hidden weights of a ReLU network to He's
+    sqrt(2) and those of a tanh network to normalizing_sigma_w("tanh") = 1.5925; the tanh network's
+    squared gradient then grows by gradient_factor("tanh", 1, 1.5925) = 1.178 per layer."""
+    from gradlab import theory  # noqa: PLC0415 - only this test needs the theory
+
+    expected = {"relu": math.sqrt(2.0), "tanh": theory.normalizing_sigma_w("tanh")}
+    for activation, scale in expected.items():
+        torch.manual_seed(0)
+        model = mlp(20, 128, activation=activation)
+        for linear in model.linears:
+            linear.reset_parameters()
+        lsuv_init_(model, torch.randn(256, 128))
+        scales = [float(torch.linalg.svdvals(lin.weight.detach()).mean()) for lin in model.linears[1:-1]]
+        assert np.mean(scales) == pytest.approx(scale, rel=0.02), (activation, np.mean(scales))
+    zs = []
+
+    def keep(module, args, z):
+        z.retain_grad()
+        zs.append(z)
+
+    hooks = [lin.register_forward_hook(keep) for lin in model.linears]
+    out = model(torch.randn(256, 128))
+    out.backward(torch.randn_like(out))
+    for h in hooks:
+        h.remove()
+    g = np.array([float(z.grad.double().pow(2).sum()) for z in zs])
+    fit = math.exp(-np.polyfit(np.arange(19), np.log(g[:-1] / g[-1]), 1)[0])
+    assert fit == pytest.approx(theory.gradient_factor("tanh", 1.0, expected["tanh"]), rel=0.02)

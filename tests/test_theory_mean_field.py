@@ -717,3 +717,100 @@ def test_measured_factor_against_sigma_w(name):
     q1 = theory.q_star(name, 2.5, 0.0) if name == "tanh" else 1.0
     factors = _fitted_factors(_squared_gradient_ratios(name, 2.5, 20, q1=q1, seeds=3))
     assert abs(factors.mean() / theory.chi1(name, 2.5, 0.0) - 1) < 0.03
+
+
+# ---------------------------------------------------------------------------------------------
+# The chapter "Initialization": PyTorch's tanh gain, rectangular stacks
+# ---------------------------------------------------------------------------------------------
+
+
+def _tanh_torch_net(init_weight, seed, depth=50, width=128):
+    torch.manual_seed(seed)
+    net = mlp(depth, width, activation="tanh")
+    for linear in net.linears:
+        init_weight(linear.weight)
+        torch.nn.init.zeros_(linear.bias)
+    return net
+
+
+def _squared_grad_ratios(net, x):
+    zs = []
+    def keep(module, args, z):
+        z.retain_grad()
+        zs.append(z)
+
+    hooks = [lin.register_forward_hook(keep) for lin in net.linears]
+    out = net(x)
+    out.backward(torch.randn_like(out))
+    for h in hooks:
+        h.remove()
+    g = np.array([float(z.grad.double().pow(2).sum()) for z in zs])
+    return g / g[-1]
+
+
+def test_torch_tanh_gain_is_chaotic_and_grows_at_chi1():
+    """kaiming_normal_(nonlinearity="tanh") is sigma_w = 5/3: the fitted per-layer factor of the
+    squared gradient (layers 11-49, where q_l has settled) over 8 networks of width 128 is
+    chi_1(5/3) = 1.2098 within 3 standard errors plus 0.5%."""
+    torch.set_num_threads(1)
+    layers = np.arange(1, 51)
+    fits = []
+    for seed in range(8):
+        net = _tanh_torch_net(lambda w: torch.nn.init.kaiming_normal_(w, nonlinearity="tanh"), seed)
+        r = _squared_grad_ratios(net, torch.randn(64, 128))
+        fits.append(math.exp(-np.polyfit(layers[10:-1], np.log(r[10:-1]), 1)[0]))
+    chi = theory.chi1("tanh", 5 / 3, 0.0)
+    se = np.std(fits, ddof=1) / math.sqrt(len(fits))
+    assert chi == pytest.approx(1.2098, abs=1e-4)
+    assert abs(np.mean(fits) - chi) < 3 * se + 0.005 * chi, (np.mean(fits), se, chi)
+
+
+def test_critical_tanh_gradient_follows_the_length_map_product():
+    """xavier_normal_ (sigma_w = 1, no bias): the squared gradient at layer 1 over the read-out's
+    is the product of gradient_factor(q_l) along the length map from q_1 = 1 (about 1/L, not
+    exponential); the mean log over 8 networks within 3 standard errors plus 0.1."""
+    torch.set_num_threads(1)
+    logs = [math.log(_squared_grad_ratios(_tanh_torch_net(torch.nn.init.xavier_normal_, seed),
+                                          torch.randn(64, 128))[0]) for seed in range(8)]
+    q, product = 1.0, 1.0
+    for _ in range(49):
+        product *= theory.gradient_factor("tanh", q, 1.0)
+        q = theory.length_map("tanh", q, 1.0, 0.0)
+    se = np.std(logs, ddof=1) / math.sqrt(len(logs))
+    assert abs(np.mean(logs) - math.log(product)) < 3 * se + 0.1, (np.mean(logs), math.log(product))
+    assert 0.5 / 50 < product < 1.5 / 50
+
+
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out", "glorot"])
+def test_rectangular_stack_gains(mode):
+    """The forward gain q_L/q_1 and the backward gain r_1/r_L of 20 linear layers alternating 64
+    and 256 units are the products of F_l = n_{l-1} s_l² and B_l = n_l s_l² (the chapter's
+    theorem): means over 60 networks within 3 standard errors plus 2%."""
+    rng = np.random.default_rng(0)
+    widths = [64, 256] * 10 + [64]
+    n = np.array(widths, dtype=float)
+    s2 = {"fan_in": 1 / n[:-1], "fan_out": 1 / n[1:], "glorot": 2 / (n[:-1] + n[1:])}[mode]
+    fwd, bwd = [], []
+    for _ in range(60):
+        h = rng.standard_normal((256, widths[0]))
+        weights, q = [], []
+        for n_in, n_out, var in zip(widths[:-1], widths[1:], s2, strict=True):
+            w = rng.standard_normal((n_out, n_in)) * math.sqrt(var)
+            weights.append(w)
+            h = h @ w.T
+            q.append(np.mean(h**2))
+        d = rng.standard_normal(h.shape)
+        r_last = np.mean(d**2)
+        for w in weights[:0:-1]:  # back to the output of layer 1
+            d = d @ w
+        fwd.append(q[-1] / q[0])
+        bwd.append(np.mean(d**2) / r_last)
+    predicted_fwd = np.prod(n[1:-1] * s2[1:])
+    predicted_bwd = np.prod(n[2:] * s2[1:])
+    for values, predicted in ((fwd, predicted_fwd), (bwd, predicted_bwd)):
+        se = np.std(values, ddof=1) / math.sqrt(len(values))
+        assert abs(np.mean(values) - predicted) < 3 * se + 0.02 * predicted, (np.mean(values), predicted)
+    # the ratio of the two does not depend on the initialization: n_L / n_1
+    assert predicted_bwd / predicted_fwd == pytest.approx(n[-1] / n[1])
+    if mode == "glorot":  # both vanish: a factor 4ab/(a+b)² = 0.64 per pair of layers
+        assert predicted_fwd < 0.03 and predicted_bwd < 0.01

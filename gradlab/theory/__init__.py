@@ -12,6 +12,12 @@ Every function that takes an ``activation`` accepts any name of
 :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
 """
 
+from .isometry import (
+    critical_point,
+    input_output_jacobian,
+    jacobian_singular_values,
+    jacobian_spectrum_moments,
+)
 from .jacobians import (
     activation_derivative,
     average_growth_factor,
@@ -40,12 +46,6 @@ from .mean_field import (
     moment_map,
     normalizing_sigma_w,
     q_star,
-)
-from .isometry import (
-    critical_point,
-    input_output_jacobian,
-    jacobian_singular_values,
-    jacobian_spectrum_moments,
 )
 from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
 from .weight_decay import (
