@@ -4,8 +4,9 @@ Modules: ``activations`` (the one activation registry), ``amp`` (16-bit casts, d
 scaling), ``models`` (networks with init/activation/depth knobs), ``monitor`` (per-layer
 gradient statistics), ``theory`` (closed-form results), ``spectral`` (singular values of a
 model's weights, the orthogonality penalty), ``distributed`` (clipping and NaN checks across
-processes), ``plot`` (the book's figures), ``exercises`` (checkers for the reader's solutions),
-``utils`` (seeding, the thread policy, device, source).
+processes), ``plot`` (the book's figures), ``propagation`` (signals and gradients through random
+networks, measured), ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, the
+thread policy, device, source).
 """
 
 from . import (
@@ -19,6 +20,7 @@ from . import (
     models,
     monitor,
     plot,
+    propagation,
     spectral,
     theory,
     train,
@@ -46,6 +48,7 @@ __all__ = [
     "models",
     "monitor",
     "plot",
+    "propagation",
     "seed_everything",
     "setup_chapter",
     "show_source",

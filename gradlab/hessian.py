@@ -4,7 +4,9 @@ The Hessian of a network with ``P`` parameters has ``P²`` entries, but its prod
 vector costs about two backward passes (Pearlmutter 1994): differentiate ``<∇L(θ), v>`` once
 more with respect to ``θ``. The Lanczos iteration on that product gives the largest eigenvalue
 ``λ_max`` of the Hessian, the *sharpness*, which sets the largest stable step of gradient
-descent, ``η < 2 / λ_max``.
+descent, ``η < 2 / λ_max``. For Adam the same iteration on ``P^(-1/2) H P^(-1/2)``, with ``P``
+Adam's diagonal preconditioner, gives the *preconditioned sharpness* ``λ_max(P^-1 H)`` that
+sets Adam's stability (Cohen et al. 2022).
 
 Vectors are "parameter-shaped": a list of tensors with the shapes of ``params``. A single flat
 1-D tensor with as many entries as all parameters together is accepted as well.
@@ -128,14 +130,6 @@ def _hvp_from_grads(grads, params, vector) -> list[torch.Tensor]:
         return [torch.zeros_like(p) for p in params]
     hv = torch.autograd.grad(dot, params, retain_graph=True, allow_unused=True)
     return [torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, params, strict=True)]
-
-
-def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    return float(sum((x * y).sum() for x, y in zip(a, b, strict=True)))
-
-
-def _norm(a: Sequence[torch.Tensor]) -> float:
-    return math.sqrt(_dot(a, a))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,31 +285,80 @@ def _lanczos(product, v: torch.Tensor, iters: int, tol: float, generator: torch.
     return value, y, most, residual <= tol, residual
 
 
-def _power_iteration(product, v, iters: int, tol: float, shift: float = 0.0):
-    """Power iteration on ``u ↦ H u - shift·u``: ``v ← (H - shift) v / ‖(H - shift) v‖``.
+# ---------------------------------------------------------------------------------------------
+# Adam's preconditioned sharpness
+# ---------------------------------------------------------------------------------------------
 
-    Returns ``(μ, v, iterations, converged, residual)`` where ``μ = vᵀ(H - shift)v`` and the
-    residual ``‖Hv - (μ + shift)v‖ / |μ + shift|`` belong to the returned ``v``. It finds the
-    eigenvalue of largest magnitude, and converges like ``(|λ_2| / |λ_1|)^k``: not at all when
-    ``λ_2 = -λ_1``. :func:`top_eigenvalue` uses :func:`_lanczos` instead; this is the textbook
-    method the learning-rate chapter explains.
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Adam's diagonal preconditioner after its last step, one tensor per parameter:
+
+        P_t = (1 - β1^t) · (sqrt(v_t / (1 - β2^t)) + ε),
+
+    so that the step was ``θ_t - θ_{t-1} = -η m_t / P_t`` (plus AdamW's decay), with ``m_t``
+    and ``v_t`` Adam's uncorrected moments (Cohen et al. 2022 write Adam this way). With
+    ``amsgrad=True`` ``v_t`` is torch's running maximum ``max_{s<=t} v_s``. The tensors follow
+    the optimizer's parameters, group by group; pass them with those parameters to
+    :func:`preconditioned_top_eigenvalue`.
     """
-    norm = _norm(v)
-    if norm == 0.0:
-        raise ValueError("init must not be the zero vector")
-    v = [x / norm for x in v]
-    for k in range(1, iters + 1):
-        hv = product(v)
-        if shift:
-            hv = [h - shift * x for h, x in zip(hv, v, strict=True)]
-        value = _dot(v, hv)
-        hv_norm = _norm(hv)
-        if hv_norm == 0.0:  # v is in the null space: H v = 0 exactly
-            return 0.0, v, k, True, 0.0
-        # ‖(H - s)v - μv‖ = ‖Hv - (μ + s)v‖: relative to the eigenvalue of H itself, μ + s.
-        residual = _norm([h - value * x for h, x in zip(hv, v, strict=True)]) / max(
-            abs(value + shift), 1e-300
-        )
-        if residual <= tol or k == iters:  # value, residual and v all of this iterate
-            return value, v, k, residual <= tol, residual
-        v = [h / hv_norm for h in hv]
+    if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        raise TypeError(f"optimizer must be torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
+    out = []
+    for group in optimizer.param_groups:
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "exp_avg_sq" not in state:
+                raise ValueError("optimizer has not taken a step for every parameter yet (no state)")
+            t = float(state["step"])
+            v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
+            out.append((1 - beta1**t) * ((v / (1 - beta2**t)).sqrt() + group["eps"]))
+    return out
+
+
+def preconditioned_top_eigenvalue(
+    closure: Closure,
+    params: Params,
+    preconditioner: Vector,
+    *,
+    iters: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+    init: Vector | None = None,
+) -> Eigenpair:
+    """Largest eigenvalue of ``P^-1 H`` for a diagonal preconditioner ``P > 0``: the sharpness
+    that sets the stability of a preconditioned method (for Adam, ``P`` from
+    :func:`adam_preconditioner` and the threshold ``(2 + 2β1) / ((1 - β1) η)``).
+
+    ``P^-1 H`` is not symmetric but has the eigenvalues of the symmetric
+    ``S = P^(-1/2) H P^(-1/2)`` (``P^-1 H = P^(-1/2) S P^(1/2)``), so this runs the Lanczos
+    iteration of :func:`top_eigenvalue` on ``u ↦ P^(-1/2) H (P^(-1/2) u)``: one Hessian-vector
+    product per iteration. The returned ``vector`` is the unit eigenvector ``u`` of ``S``; the
+    eigenvector of ``P^-1 H`` is ``P^(-1/2) u``. ``residual`` and ``converged`` are those of
+    ``S``. Arguments as for :func:`top_eigenvalue`; ``preconditioner`` is parameter-shaped (or
+    flat) with every entry positive and finite.
+    """
+    params = _check_params(params)
+    pre, _ = _check_vector("preconditioner", preconditioner, params)
+    scale = _flatten(pre)
+    if not bool(torch.all(torch.isfinite(scale) & (scale > 0))):
+        raise ValueError("preconditioner must be positive and finite everywhere")
+    iters = check_int("iters", iters, minimum=1)
+    tol = check_real("tol", tol, minimum=0.0)
+    seed = check_int("seed", seed, minimum=0)
+    generator = torch.Generator().manual_seed(seed)
+    dtype = _work_dtype(params)
+    scale = scale.to(dtype).rsqrt()  # P^(-1/2), flat
+    if init is None:
+        start = torch.randn(scale.numel(), generator=generator, dtype=torch.float64)
+    else:
+        start = _flatten(_check_vector("init", init, params)[0])
+    start = start.to(params[0].device, dtype)
+    grads = _gradient_with_graph(closure, params)
+
+    def product(u: torch.Tensor) -> torch.Tensor:
+        hv = _hvp_from_grads(grads, params, _unflatten(scale * u, params))
+        return scale * _flatten(hv).to(dtype)
+
+    value, y, used, converged, residual = _lanczos(product, start, iters, tol, generator)
+    return Eigenpair(value, _unflatten(y, params), used, converged, residual)

@@ -15,7 +15,6 @@ the optimizer) goes to the row of the backward pass before the step.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -514,18 +513,6 @@ class GradientMonitor:
         """``||p_new - p_old|| / ||p_old||`` per parameter (steps x parameters); NaN where no
         step followed or the parameter had no gradient, ``inf`` where a zero parameter moved."""
         return self._table("update_ratio")
-
-    @property
-    def activation_means(self) -> np.ndarray:
-        """Deprecated name of :attr:`output_means`."""
-        warnings.warn("activation_means is now output_means", DeprecationWarning, stacklevel=2)
-        return self.output_means
-
-    @property
-    def activation_stds(self) -> np.ndarray:
-        """Deprecated name of :attr:`output_stds`."""
-        warnings.warn("activation_stds is now output_stds", DeprecationWarning, stacklevel=2)
-        return self.output_stds
 
     @property
     def first_nonfinite(self) -> NonFiniteEvent | None:

@@ -49,11 +49,11 @@ def book_threads() -> int:
     return check_int(THREADS_ENV, threads, minimum=1)
 
 
-def setup_chapter(seed: int = 0, *, threads: int | None = None) -> torch.Generator:
+def setup_chapter(seed: int = 0, *, threads: int | None = None) -> None:
     """The first call of every chapter: seed everything, apply the plot style, set the threads.
 
-    It calls :func:`seed_everything` with ``seed`` (and returns its generator),
-    :func:`gradlab.plot.use_style`, and ``torch.set_num_threads(threads)`` with ``threads``
+    It calls :func:`seed_everything` with ``seed``, :func:`gradlab.plot.use_style`, and
+    ``torch.set_num_threads(threads)`` with ``threads``
     defaulting to :func:`book_threads` (one, unless ``$GRADLAB_THREADS`` says otherwise).
 
     Why one thread: the book's models are small (widths 8 to 512, batches up to a few hundred),
@@ -63,12 +63,14 @@ def setup_chapter(seed: int = 0, *, threads: int | None = None) -> torch.Generat
     3.7 to 29 times slower (medians of 5 runs, load averages 5 to 12); on the quietest machine
     measured (load average 2.2) they gained at most a factor 2, on runs under half a second.
     ``bench/threads.py`` measures it; CONTRIBUTING.md ("Thread policy") has the table.
+
+    It returns nothing, so that a chapter's first cell prints nothing; call
+    :func:`seed_everything` for a seeded ``torch.Generator``.
     """
     threads = book_threads() if threads is None else check_int("threads", threads, minimum=1)
-    generator = seed_everything(seed)
+    seed_everything(seed)
     use_style()
     torch.set_num_threads(threads)
-    return generator
 
 
 @contextmanager

@@ -6,7 +6,13 @@ import torch
 from torch.func import functional_call
 
 import gradlab as gl
-from gradlab.hessian import Eigenpair, _power_iteration, hvp, top_eigenvalue
+from gradlab.hessian import (
+    Eigenpair,
+    adam_preconditioner,
+    hvp,
+    preconditioned_top_eigenvalue,
+    top_eigenvalue,
+)
 
 DT = torch.float64
 
@@ -106,7 +112,7 @@ def test_top_eigenvalue_matches_eigvalsh_on_a_small_mlp(seed):
     [
         [10.0, 5.0, 3.0, 1.0, 0.1, 0.0],  # positive semi-definite
         [4.0, 2.0, 1.0, -1.0, -3.0],  # indefinite, positive end dominant
-        [2.0, 1.0, 0.0, -0.5, -7.0],  # negative end dominant: needs the shifted second pass
+        [2.0, 1.0, 0.0, -0.5, -7.0],  # negative end dominant: power iteration would find -7
         [-1.0, -2.0, -6.0],  # negative definite: λ_max = -1
     ],
 )
@@ -221,24 +227,6 @@ def test_zero_hessian_gives_zero():
     assert result.value == 0.0 and result.converged and result.residual == 0.0
 
 
-def test_power_iteration_returns_value_vector_and_residual_of_one_iterate():
-    a, theta, closure = _quadratic([4.0, 3.0, 1.0, 0.5], seed=3)
-
-    def product(v):
-        return [a @ v[0]]
-
-    start = [torch.randn(4, dtype=DT, generator=torch.Generator().manual_seed(0))]
-    value, v, k, converged, residual = _power_iteration(product, start, iters=5, tol=0.0)
-    assert k == 5 and not converged
-    hv = a @ v[0]
-    assert value == pytest.approx(float(v[0] @ hv), rel=1e-14)
-    assert residual == pytest.approx(float((hv - value * v[0]).norm() / abs(value)), rel=1e-12)
-    # And it stalls on ± spectra, which is why top_eigenvalue uses Lanczos.
-    b = torch.diag(torch.tensor([5.0, -5.0, 1.0], dtype=DT))
-    value, _, _, converged, _ = _power_iteration(lambda v: [b @ v[0]], [torch.ones(3, dtype=DT)], 200, 1e-6)
-    assert not converged and abs(value) < 4.9
-
-
 # -- the chapter's prediction: GD on ½ xᵀAx is stable iff η < 2/λ_max ---------------------------
 
 
@@ -262,6 +250,32 @@ def test_gradient_descent_threshold_is_two_over_top_eigenvalue():
     n1, x = final_norm(eta, 300)
     n2 = (x - eta * (a @ x)).norm().item()
     assert n2 / n1 == pytest.approx(abs(1 - eta * lam), rel=1e-6)
+
+
+def _frozen_adam_final_norm(a, p, eta, beta1, steps=3000):
+    """Adam with a frozen preconditioner on ½ xᵀAx: m ← β₁m + (1 - β₁)Ax, x ← x - η P⁻¹m."""
+    x = torch.ones(a.shape[0], dtype=DT)
+    m = torch.zeros_like(x)
+    for _ in range(steps):
+        m = beta1 * m + (1 - beta1) * (a @ x)
+        x = x - eta * m / p
+    return x.norm().item()
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.5, 0.9])
+def test_frozen_adam_threshold_is_set_by_the_preconditioned_sharpness(beta1):
+    """The learning-rate chapter's corollary (Cohen et al. 2022): stable iff
+    λ_max(P⁻¹A) < (2 + 2β₁) / ((1 - β₁) η); the plain 2/λ_max(A) is far off here."""
+    a, theta, closure = _quadratic([9.0, 4.0, 2.0, 1.0, 0.3], seed=12)
+    p = 10.0 ** (3 * torch.rand(5, generator=torch.Generator().manual_seed(5), dtype=DT) - 2)
+    lam_p = preconditioned_top_eigenvalue(closure, [theta], p, iters=100, tol=1e-12).value
+    lam = top_eigenvalue(closure, [theta], iters=100, tol=1e-12).value
+    eta_star = (2 + 2 * beta1) / ((1 - beta1) * lam_p)
+    assert abs(eta_star * lam - 2) > 0.5  # the two thresholds differ: the test can tell them apart
+    # 2% on either side: 3000 steps separate them by many decades (below shrinks 10x, above
+    # grows 100x).
+    assert _frozen_adam_final_norm(a, p, 0.98 * eta_star, beta1) < 0.1
+    assert _frozen_adam_final_norm(a, p, 1.02 * eta_star, beta1) > 100.0
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
@@ -303,3 +317,62 @@ def test_bad_inputs_name_the_argument():
         top_eigenvalue(closure, net, seed=-1)
     with pytest.raises(ValueError, match="init"):
         top_eigenvalue(closure, net, init=v)
+
+
+# -- Adam's preconditioned sharpness ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_preconditioned_top_eigenvalue_matches_the_explicit_matrix(seed):
+    net, x, y, closure = _small_problem(seed)
+    h = _explicit_hessian(net, x, y)
+    g = torch.Generator().manual_seed(seed)
+    pre = [torch.exp(2 * torch.randn(p.shape, generator=g, dtype=DT)) for p in net.parameters()]
+    flat = torch.cat([q.reshape(-1) for q in pre])
+    expected = torch.linalg.eigvals(h / flat[:, None]).real.max().item()  # lambda_max(P^-1 H)
+    top = preconditioned_top_eigenvalue(closure, net, pre, iters=500, tol=1e-10)
+    assert top.converged
+    assert top.value == pytest.approx(expected, rel=1e-7)
+    # The flat form of P gives the same answer; a constant P = c divides the sharpness by c.
+    assert preconditioned_top_eigenvalue(closure, net, flat, iters=500, tol=1e-10).value == (
+        pytest.approx(expected, rel=1e-7))
+    c = [torch.full_like(p, 4.0) for p in net.parameters()]
+    plain = top_eigenvalue(closure, net, iters=500, tol=1e-10).value
+    assert preconditioned_top_eigenvalue(closure, net, c, iters=500, tol=1e-10).value == (
+        pytest.approx(plain / 4, rel=1e-7))
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    lambda ps: torch.optim.Adam(ps, lr=1e-2, betas=(0.5, 0.9), eps=1e-3, amsgrad=True),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.0),
+])
+def test_adam_preconditioner_reproduces_torch_adams_last_step(make):
+    net, x, y, closure = _small_problem(3)
+    opt = make(net.parameters())
+    for _ in range(5):  # the step is -lr * m_t / P_t, with torch's own m_t
+        before = [p.detach().clone() for p in net.parameters()]
+        opt.zero_grad()
+        closure().backward()
+        opt.step()
+        pre = adam_preconditioner(opt)
+        for p, b, q in zip(net.parameters(), before, pre, strict=True):
+            expected = -opt.param_groups[0]["lr"] * opt.state[p]["exp_avg"] / q
+            torch.testing.assert_close(p.detach() - b, expected, rtol=1e-10, atol=1e-15)
+
+
+def test_adam_preconditioner_and_preconditioned_sharpness_bad_inputs():
+    net, _, _, closure = _small_problem(0)
+    with pytest.raises(TypeError, match="optimizer"):
+        adam_preconditioner(torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="step"):
+        adam_preconditioner(torch.optim.Adam(net.parameters()))
+    ones = [torch.ones_like(p) for p in net.parameters()]
+    with pytest.raises(ValueError, match="preconditioner"):
+        preconditioned_top_eigenvalue(closure, net, [-o for o in ones])
+    with pytest.raises(ValueError, match="preconditioner"):
+        preconditioned_top_eigenvalue(closure, net, ones[:-1])
+    with pytest.raises(TypeError, match="preconditioner"):
+        preconditioned_top_eigenvalue(closure, net, 2.0)
+    with pytest.raises(ValueError, match="iters"):
+        preconditioned_top_eigenvalue(closure, net, ones, iters=0)

@@ -790,16 +790,6 @@ def test_huge_but_finite_parameter_gradients_are_not_flagged():
     np.testing.assert_allclose(mon.param_grad_norms[0], expected, rtol=1e-5)
 
 
-def test_deprecated_activation_names_warn_and_equal_the_output_names():
-    model, x = _mlp()
-    with GradientMonitor(model) as mon:
-        model(x).sum().backward()
-    with pytest.warns(DeprecationWarning, match="output_means"):
-        np.testing.assert_array_equal(mon.activation_means, mon.output_means)
-    with pytest.warns(DeprecationWarning, match="output_stds"):
-        np.testing.assert_array_equal(mon.activation_stds, mon.output_stds)
-
-
 def test_a_backward_that_raises_midway_does_not_block_later_rows():
     model, x = _mlp()
 

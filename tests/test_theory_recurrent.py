@@ -1,5 +1,5 @@
 """Tests for gradlab.theory.recurrent: BPTT Jacobians against autograd, the Pascanu bound,
-the single-unit cliff against autograd and simulation."""
+the single-unit cliff and its saddle-node bifurcation against autograd and simulation."""
 
 import math
 
@@ -7,15 +7,18 @@ import pytest
 import torch
 
 from gradlab.activations import ACTIVATIONS
-from gradlab.models import VanillaRNN
+from gradlab.models import VanillaRNN, single_unit_last_state
 from gradlab.theory import (
     bptt_jacobian,
     bptt_jacobian_norms,
     cliff_bias,
     cliff_gradient_norm,
+    dominant_mode_norms,
     matrix_power_norms,
     max_slope,
     pascanu_bound,
+    saddle_node_bias,
+    saddle_node_offset,
     spectral_norm,
     spectral_radius,
 )
@@ -160,6 +163,100 @@ def test_cliff_sensitivities_follow_the_documented_recurrences():
         assert math.isclose(cliff_gradient_norm(w, h0, T), math.hypot(d, e), rel_tol=1e-12)
 
 
+def test_dominant_mode_norms_closed_forms():
+    # normal: rho^k exactly; a 2 x 2 triangular matrix: the projector onto lambda = 1 along the
+    # eigenvector of 1/2 is [[1, 2a], [0, 0]], of norm sqrt(1 + 4a²), for every k
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    torch.testing.assert_close(dominant_mode_norms(0.9 * Q, 20), 0.9 ** torch.arange(21, dtype=torch.float64))
+    a = 3.0
+    A = torch.tensor([[1.0, a], [0.0, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(dominant_mode_norms(A, 10), torch.full((11,), math.sqrt(1 + 4 * a * a),
+                                                                      dtype=torch.float64))
+    assert math.isclose(float(matrix_power_norms(A, 60)[-1]), math.sqrt(1 + 4 * a * a), rel_tol=1e-12)
+
+
+def test_power_norms_approach_the_dominant_modes_geometrically():
+    """For a random non-normal matrix the relative gap between ||W^k|| and the dominant modes'
+    norm shrinks like (|lambda_next| / rho)^k: the offset of ||W^k|| above rho^k is set by the
+    conditioning of the dominant eigenvectors."""
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(40, 40, generator=g, dtype=torch.float64) / 40**0.5
+    W = W / spectral_radius(W)
+    moduli = torch.linalg.eigvals(W).abs().sort(descending=True).values
+    second = float(moduli[moduli < 1 - 1e-6][0])
+    exact, modes = matrix_power_norms(W, 300), dominant_mode_norms(W, 300)
+    gap = ((exact - modes).abs() / modes)
+    for k in (100, 200, 300):
+        assert float(gap[k]) < 5 * second**k * float(modes[k]), (k, float(gap[k]), second**k)
+    assert float(gap[300]) < 1e-3
+
+
+def _fixed_points(w, b, grid=200_001):
+    """Sign changes of tanh(w h + b) - h on a fine grid of h in (-1, 1)."""
+    h = torch.linspace(-0.999999, 0.999999, grid, dtype=torch.float64)
+    excess = torch.tanh(w * h + b) - h
+    return int((torch.sign(excess[1:]) != torch.sign(excess[:-1])).sum())
+
+
+def test_saddle_node_bias_is_where_two_fixed_points_merge():
+    for w in (1.1, 1.5, 3.0):
+        b = saddle_node_bias(w)
+        h = math.sqrt(1 - 1 / w)
+        assert math.isclose(math.tanh(w * h + b), h, rel_tol=1e-12)  # h_sn is a fixed point ...
+        assert math.isclose(w * (1 - h * h), 1.0, rel_tol=1e-12)  # ... with slope exactly 1
+        assert _fixed_points(w, b + 1e-3) == 3
+        assert _fixed_points(w, b - 1e-3) == 1
+        assert _fixed_points(w, -b - 1e-3) == 3  # the mirror image at -b_sn
+        assert _fixed_points(w, -b + 1e-3) == 1
+
+
+def _jump(w, steps, h0=0.5):
+    """The bias where h_T crosses 0 below saddle_node_bias(w) (h_0 = 0.5 > h_sn), by bisection
+    in plain Python, and dh_T/db there by the forward recurrence d_t = (1 - h_t²)(w d_{t-1} + 1)."""
+    def final(b):
+        h = h0
+        for _ in range(steps):
+            h = math.tanh(w * h + b)
+        return h
+
+    lo, hi = saddle_node_bias(w) - 1.0, saddle_node_bias(w)
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if final(mid) > 0 else (mid, hi)
+    b = 0.5 * (lo + hi)
+    h, d = h0, 0.0
+    for _ in range(steps):
+        h = math.tanh(w * h + b)
+        d = (1 - h * h) * (w * d + 1)
+    return b, d
+
+
+def test_saddle_node_offset_and_the_cubic_growth_of_the_gradient():
+    """h_0 = 0.5 > h_sn for w = 1.2, so h_T jumps where the orbit needs T steps to pass the
+    vanished fixed point: b_sn - b_T -> pi² / (h_sn T²) as T grows (measured: ratio 0.505 at
+    T = 50, 0.944 at 800, 0.986 at 3200; the correction is about 2 T_0 / T, the steps spent
+    entering and leaving the bottleneck). The gradient there grows like T³ (local exponent
+    2.97 between T = 1600 and 3200), not like s^T."""
+    w = 1.2
+    ratios, grads = [], []
+    for steps in (800, 1600, 3200):
+        b, d = _jump(w, steps)
+        ratios.append((saddle_node_bias(w) - b) / saddle_node_offset(w, steps))
+        grads.append(d)
+    assert ratios[0] < ratios[1] < ratios[2] < 1.0
+    assert abs(ratios[2] - 1) < 0.03
+    exponent = math.log(grads[2] / grads[1]) / math.log(2)
+    assert 2.85 < exponent < 3.05, exponent
+
+
+def test_saddle_node_jump_matches_autograd_of_the_shared_model():
+    """The same gradient by autograd through gradlab.models.single_unit_last_state."""
+    b, d = _jump(1.2, 50)
+    bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(single_unit_last_state(1.2, bt), bt)
+    assert math.isclose(float(g), d, rel_tol=1e-9)
+
+
 W3 = torch.eye(3)
 BAD_INPUTS = [
     (ValueError, "W", lambda: bptt_jacobian_norms(torch.ones(3, 4), torch.zeros(5, 3), "tanh")),
@@ -177,6 +274,13 @@ BAD_INPUTS = [
     (TypeError, "w", lambda: cliff_bias("2", 0.5)),
     (ValueError, "steps", lambda: cliff_gradient_norm(2.0, 0.5, -1)),
     (ValueError, "h0", lambda: cliff_gradient_norm(2.0, -1.5, 10)),
+    (ValueError, "W", lambda: dominant_mode_norms(torch.ones(2, 3), 3)),
+    (ValueError, "max_power", lambda: dominant_mode_norms(W3, -1)),
+    (ValueError, "rtol", lambda: dominant_mode_norms(W3, 2, rtol=-0.1)),
+    (ValueError, "w", lambda: saddle_node_bias(1.0)),
+    (TypeError, "w", lambda: saddle_node_bias("2")),
+    (ValueError, "w", lambda: saddle_node_offset(0.5, 10)),
+    (ValueError, "steps", lambda: saddle_node_offset(2.0, 0)),
 ]
 
 

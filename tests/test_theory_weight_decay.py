@@ -175,7 +175,7 @@ def test_penalty_bounds_contain_every_singular_value_and_are_tight():
         (lambda: adam_step_bound(0), ValueError, "t"),
         (lambda: adam_step_bound(2.5), TypeError, "t"),
         (lambda: adam_step_bound(3, beta1=1.0), ValueError, "beta1"),
-        (lambda: adam_step_bound(3, beta1=0.99, beta2=0.9), ValueError, "beta1"),
+        (lambda: adamw_weight_bound(0.0, 0.1, 1.0, 5, beta1=0.99, beta2=0.9), ValueError, "beta1"),
         (lambda: adam_step_bound(3, beta2=0.0), ValueError, "beta2"),
         (lambda: adamw_weight_bound(0.0, 0.1, 10.0, 5), ValueError, "lr \\* weight_decay"),
         (lambda: adamw_weight_bound(0.0, 0.0, 1.0, 5), ValueError, "lr"),

@@ -8,6 +8,7 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.mean_field`: chi_1 of an arbitrary activation ("Signal propagation")
 - :mod:`.recurrent`: the BPTT Jacobian ("The RNN cliff")
 - :mod:`.clipping`: global-norm clipping ("Gradient clipping")
+- :mod:`.clipping_theory`: where clipped SGD settles ("Clipping in theory")
 - :mod:`.learning_rate`: the largest stable learning rate, Hessian-vector products
 - :mod:`.optimizers`: one Adam step ("Optimizer choice")
 - :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
@@ -21,6 +22,7 @@ reader's function, comparing, naming the failing case and the known slip it matc
 from .accumulation import check_accumulated_gradient
 from .activations import MOMENT_MAP_ACTIVATIONS, check_moment_map
 from .clipping import check_clip_grad_norm
+from .clipping_theory import check_clipped_sgd_fixed_point
 from .distributed import check_global_norm
 from .harness import CheckResult, check_function
 from .initialization import INIT_STD_NONLINEARITIES, check_init_std
@@ -43,6 +45,7 @@ __all__ = [
     "check_bptt_jacobian",
     "check_chi1",
     "check_clip_grad_norm",
+    "check_clipped_sgd_fixed_point",
     "check_function",
     "check_global_norm",
     "check_hvp",

@@ -3,15 +3,22 @@
 One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (backpropagation as
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
-:mod:`~gradlab.theory.isometry` (the whole singular-value spectrum of the input-output Jacobian:
-Gaussian against orthogonal weights, the critical line labelled by ``q*``),
-:mod:`~gradlab.theory.recurrent` (backpropagation through time, the Pascanu bound, the
-single-unit cliff) and :mod:`~gradlab.theory.weight_decay` (Adam's step bound, how far AdamW
-lets a weight grow, the equilibrium of decay and noise, the orthogonality penalty's bounds).
-Every function that takes an ``activation`` accepts any name of
-:data:`gradlab.activations.ACTIVATIONS`. Each public name is available as ``gl.theory.X``.
+:mod:`~gradlab.theory.correlation` (two inputs through a wide network: the correlation map, its
+fixed point and depth scale), :mod:`~gradlab.theory.isometry` (the whole singular-value spectrum
+of the input-output Jacobian: Gaussian against orthogonal weights, the critical line labelled by
+``q*``), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
+Pascanu bound, the single-unit cliff and its saddle-node bifurcation),
+:mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
+the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.optimizers` (Adam's
+step bound, its size under noise, the shadow of a gradient spike, its stability threshold) and
+:mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
+and noise, the orthogonality penalty's bounds). Every function that takes an ``activation``
+accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
+``gl.theory.X``.
 """
 
+from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
+from .correlation import c_star, correlation_depth_scale, correlation_map, correlation_slope
 from .isometry import (
     critical_point,
     input_output_jacobian,
@@ -31,25 +38,43 @@ from .jacobians import (
     spectral_norm,
     spectral_radius,
 )
-
-# The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
-from .mean_field import _chi1_callable as _chi1_callable
-from .mean_field import _moment_map_callable as _moment_map_callable
-from .mean_field import _q_star_callable as _q_star_callable
 from .mean_field import (
+    LengthMapPath,
     chi1,
     critical_sigma_w,
     depth_scale,
     gaussian_expectation,
     gradient_factor,
     length_map,
+    length_map_path,
     moment_map,
     normalizing_sigma_w,
     q_star,
 )
-from .recurrent import bptt_jacobian, bptt_jacobian_norms, cliff_bias, cliff_gradient_norm, pascanu_bound
-from .weight_decay import (
+
+# The exercises' checkers reuse the fixed-point solver on the reader's own NumPy functions.
+from .mean_field import _chi1_callable as _chi1_callable
+from .mean_field import _moment_map_callable as _moment_map_callable
+from .mean_field import _q_star_callable as _q_star_callable
+from .optimizers import (
+    adam_noise_step_mean,
+    adam_noise_step_rms,
+    adam_spike_ratio,
+    adam_spike_recovery,
+    adam_stability_threshold,
     adam_step_bound,
+)
+from .recurrent import (
+    bptt_jacobian,
+    bptt_jacobian_norms,
+    cliff_bias,
+    cliff_gradient_norm,
+    dominant_mode_norms,
+    pascanu_bound,
+    saddle_node_bias,
+    saddle_node_offset,
+)
+from .weight_decay import (
     adamw_weight_bound,
     noise_equilibrium_rms,
     penalty_singular_value_bounds,
@@ -71,6 +96,8 @@ __all__ = [
     # mean_field
     "gaussian_expectation",
     "length_map",
+    "length_map_path",
+    "LengthMapPath",
     "q_star",
     "chi1",
     "depth_scale",
@@ -89,8 +116,26 @@ __all__ = [
     "pascanu_bound",
     "cliff_bias",
     "cliff_gradient_norm",
-    # weight_decay
+    "dominant_mode_norms",
+    "saddle_node_bias",
+    "saddle_node_offset",
+    # correlation
+    "correlation_map",
+    "correlation_slope",
+    "c_star",
+    "correlation_depth_scale",
+    # clipping
+    "quartic_gd_threshold",
+    "quartic_clipped_steps",
+    "clipped_sgd_fixed_point",
+    # optimizers
     "adam_step_bound",
+    "adam_noise_step_mean",
+    "adam_noise_step_rms",
+    "adam_spike_ratio",
+    "adam_spike_recovery",
+    "adam_stability_threshold",
+    # weight_decay
     "adamw_weight_bound",
     "noise_equilibrium_rms",
     "penalty_singular_value_bounds",

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import numpy as np
 
-from .._validate import check_real
+from .._validate import check_int, check_real
 from ..activations import Activation
 from ..activations import get as get_activation
 
@@ -405,3 +406,51 @@ def moment_map(activation: str, mean: float, variance: float, *, weight_sum: flo
     weight_sum = check_real("weight_sum", weight_sum)
     weight_square_sum = check_real("weight_square_sum", weight_square_sum, minimum=0.0)
     return _moment_map_callable(act.np_fn, mean, variance, weight_sum, weight_square_sum, act.kinks)
+
+
+class LengthMapPath(NamedTuple):
+    """What :func:`length_map_path` returns: three arrays over the layers ``l = 1, ..., depth``.
+
+    Attributes:
+        q: the pre-activation second moments ``q_l`` (``q[0] = q1``).
+        chi: the backward factor of each layer, ``chi(q_l) = sigma_w² E[phi'(sqrt(q_l) z)²]``.
+        grad_sq_ratio: ``E ||dL/dz_l||² / ||dL/dz_L||² = chi(q_l) chi(q_{l+1}) ... chi(q_{L-1})``
+            with ``L = depth`` (1 at ``l = L``).
+    """
+
+    q: np.ndarray
+    chi: np.ndarray
+    grad_sq_ratio: np.ndarray
+
+
+def length_map_path(
+    activation: str, sigma_w: float, sigma_b: float, *, q1: float, depth: int
+) -> LengthMapPath:
+    """The mean-field prediction layer by layer, before (or without) reaching the fixed point.
+
+    ``q_1 = q1`` is the second moment of the first pre-activations (``sigma_w² E[x_j²] +
+    sigma_b²`` for an input ``x``), and ``q_{l+1} = length_map(q_l)``. Backpropagating from the
+    pre-activations ``z_{l+1}`` to ``z_l = W_l h_{l-1} + b_l`` multiplies the mean squared
+    gradient norm by ``chi(q_l) = sigma_w² E[phi'(sqrt(q_l) z)²]`` (:func:`gradient_factor`: the
+    weights ``W_{l+1}`` times the slopes ``phi'(z_l)``), so through a network of ``depth``
+    layers whose last is a linear read-out,
+
+        E ||dL/dz_l||² / ||dL/dz_L||² = prod_{k=l}^{L-1} chi(q_k).
+
+    At the fixed point ``q*`` every factor is :func:`chi1` and the product is ``chi_1^(L-l)``;
+    on the way to it (inputs whose ``q1`` is not ``q*``, or a fixed point that is approached
+    slowly, as tanh at ``sigma_w = 1`` without bias approaches ``q* = 0`` with ``q_l ~ 1/(2l)``)
+    the factors differ from ``chi_1`` and the product is what a network of that depth shows.
+    """
+    act, sigma_w, sigma_b = _check_signal_args(activation, sigma_w, sigma_b)
+    q = check_real("q1", q1, minimum=0.0)
+    depth = check_int("depth", depth, minimum=1)
+    qs, chis = [], []
+    for _ in range(depth):
+        qs.append(q)
+        chis.append(gradient_factor(act.name, q, sigma_w))
+        q = length_map(act.name, q, sigma_w, sigma_b)
+    chi = np.array(chis)
+    # ratio[l] = chi[l] * ... * chi[L-2] (0-based), and 1 for the read-out's own pre-activation
+    ratio = np.append(np.cumprod(chi[-2::-1])[::-1], 1.0) if depth > 1 else np.ones(1)
+    return LengthMapPath(np.array(qs), chi, ratio)

@@ -79,6 +79,34 @@ def pascanu_bound(W: torch.Tensor, activation: str, lag: int) -> float:
     return (gamma * spectral_norm(W)) ** lag
 
 
+def dominant_mode_norms(W: torch.Tensor, max_power: int, *, rtol: float = 1e-6) -> torch.Tensor:
+    """``||sum_i lambda_i^k v_i u_i^T||_2`` for ``k = 0, ..., max_power``, the sum over the
+    eigenvalues of largest modulus ``|lambda_i| = rho`` (within ``rtol``): the part of ``W^k``
+    that survives when ``k`` is large.
+
+    For a diagonalizable ``W = V diag(lambda) V^-1``, ``W^k = sum_i lambda_i^k P_i`` with the
+    spectral projectors ``P_i = v_i u_i^T`` (``v_i`` a column of ``V``, ``u_i^T`` the matching row
+    of ``V^-1``). The other terms shrink like ``(|lambda_next| / rho)^k`` relative to these, so
+    ``||W^k|| / rho^k`` tends to this norm over ``rho^k``. For one real dominant eigenvalue it is
+    ``||P_1|| = ||u_1|| ||v_1||``, the eigenvalue's condition number (1 for a normal ``W``); for
+    a complex pair it oscillates with ``k``. Returned as a float64 tensor of ``max_power + 1``.
+    """
+    W = check_tensor("W", W, ndim=2).detach().double()
+    if W.shape[0] != W.shape[1]:
+        raise ValueError(f"W must be square, got shape {tuple(W.shape)}")
+    max_power = check_int("max_power", max_power, minimum=0)
+    rtol = check_real("rtol", rtol, minimum=0.0)
+    eigenvalues, V = torch.linalg.eig(W.to(torch.complex128))
+    moduli = eigenvalues.abs()
+    keep = moduli >= (1.0 - rtol) * moduli.max()
+    right, left = V[:, keep], torch.linalg.inv(V)[keep, :]
+    powers = eigenvalues[keep]
+    norms = []
+    for k in range(max_power + 1):
+        norms.append(torch.linalg.matrix_norm((right * powers**k) @ left, ord=2))
+    return torch.stack(norms).double()
+
+
 def _check_cliff(w: float, h0: float) -> tuple[float, float]:
     w = check_real("w", w)
     h0 = check_real("h0", h0)
@@ -118,3 +146,43 @@ def cliff_gradient_norm(w: float, h0: float, steps: int) -> float:
     s = w * c
     geometric = float(steps) if s == 1.0 else (s**steps - 1.0) / (s - 1.0)
     return math.sqrt(1.0 + h0 * h0) * c * geometric
+
+
+def _saddle_node_state(w: float) -> float:
+    w = check_real("w", w)
+    if not w > 1.0:
+        raise ValueError(f"w must be > 1 (for w <= 1 the map has a single fixed point), got {w}")
+    return math.sqrt(1.0 - 1.0 / w)
+
+
+def saddle_node_bias(w: float) -> float:
+    """The bias ``b_sn = atanh(h_sn) - w h_sn``, ``h_sn = sqrt(1 - 1/w)``, at which the upper
+    stable fixed point of ``h -> tanh(w h + b)`` merges with the unstable one and disappears
+    (a saddle-node bifurcation; Doya 1993). Requires ``w > 1``.
+
+    A fixed point solves ``b = g(h) := atanh(h) - w h``. Since ``g'(h) = 1 / (1 - h²) - w``
+    vanishes at ``h = ±h_sn``, where the map's slope ``w (1 - h²)`` is exactly 1, ``g`` has a
+    local minimum ``b_sn < 0`` at ``+h_sn`` and, by symmetry, a local maximum ``-b_sn`` at
+    ``-h_sn``: for ``b_sn < b < -b_sn`` there are three fixed points, outside one. Lowering
+    ``b`` through ``b_sn`` removes the upper pair, and every orbit that went to the upper stable
+    fixed point (those from ``h_0 > h_sn``) goes to the lower one instead.
+    """
+    h_sn = _saddle_node_state(w)
+    return math.atanh(h_sn) - w * h_sn
+
+
+def saddle_node_offset(w: float, steps: int) -> float:
+    """``pi² / (h_sn T²)``: how far below :func:`saddle_node_bias` the bias must be for the
+    orbit to need ``T`` steps to pass the vanished fixed point (to leading order in ``1/T``).
+
+    Just below ``b_sn``, at ``b = b_sn - eps``, the map near ``h_sn`` is ``x -> x - eps / w -
+    w h_sn x²`` (``x = h - h_sn``; ``df/db = 1 - h_sn² = 1/w``, ``f'' = -2 w h_sn``): a narrow
+    bottleneck. Passing it takes ``tau = integral dx / (eps/w + w h_sn x²) = pi / sqrt(h_sn eps)``
+    steps, so ``h_T`` switches branch where ``tau = T``, at ``eps_T = pi² / (h_sn T²)``. Since
+    ``dtau/deps = -tau / (2 eps)``, the switch is ``2 eps_T / T ~ T^-3`` wide in ``b``, and the
+    gradient ``dh_T/db`` there grows like ``T³``: polynomially, where on the line
+    :func:`cliff_bias` it grows like ``s^T``.
+    """
+    h_sn = _saddle_node_state(w)
+    steps = check_int("steps", steps, minimum=1)
+    return math.pi**2 / (h_sn * steps**2)

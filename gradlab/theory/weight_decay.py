@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from .._validate import check_int, check_real
+from .optimizers import adam_step_bound  # C_t is derived in the chapter "Optimizer choice"
 
 
 def _check_decay(lr: float, weight_decay: float) -> tuple[float, float]:
@@ -34,28 +35,6 @@ def _check_betas(beta1: float, beta2: float) -> tuple[float, float]:
     if not beta1**2 < beta2:
         raise ValueError(f"Adam's step bound needs beta1**2 < beta2, got beta1={beta1}, beta2={beta2}")
     return beta1, beta2
-
-
-def adam_step_bound(t: int | float, beta1: float = 0.9, beta2: float = 0.999) -> float:
-    """``C_t``, the largest ``|step| / lr`` of one Adam coordinate at step ``t`` (``eps = 0``).
-
-    With ``gamma = beta1**2 / beta2 < 1`` (the theorem "Adam's step is bounded per coordinate"
-    of the chapter "Optimizer choice"),
-
-        C_t = (1 - beta1) / (1 - beta1**t) * sqrt((1 - beta2**t) / (1 - beta2))
-              * sqrt((1 - gamma**t) / (1 - gamma)),
-
-    increasing to ``C_inf = (1 - beta1) / sqrt((1 - beta2) (1 - gamma))`` (``t = math.inf``),
-    7.27 for the defaults. It is attained by gradients of one sign growing by ``beta2 / beta1``
-    per step.
-    """
-    beta1, beta2 = _check_betas(beta1, beta2)
-    gamma = beta1**2 / beta2
-    if t == math.inf:
-        return (1 - beta1) / math.sqrt((1 - beta2) * (1 - gamma))
-    t = check_int("t", t, minimum=1)
-    return ((1 - beta1) / (1 - beta1**t) * math.sqrt((1 - beta2**t) / (1 - beta2))
-            * math.sqrt((1 - gamma**t) / (1 - gamma)))
 
 
 def adamw_weight_bound(
@@ -138,5 +117,4 @@ def penalty_singular_value_bounds(penalty: float) -> tuple[float, float]:
     return math.sqrt(max(0.0, 1.0 - root)), math.sqrt(1.0 + root)
 
 
-__all__ = ["adam_step_bound", "adamw_weight_bound", "noise_equilibrium_rms",
-           "penalty_singular_value_bounds"]
+__all__ = ["adamw_weight_bound", "noise_equilibrium_rms", "penalty_singular_value_bounds"]

@@ -1,0 +1,179 @@
+"""Signals and gradients through a random network at initialization, measured: the quantities
+that the mean-field theory (:mod:`gradlab.theory.mean_field`, :mod:`gradlab.theory.correlation`)
+predicts, read off real networks built by :func:`gradlab.mlp` (the chapter "Signal propagation
+at initialization"). The chapter and the tests call the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ._validate import check_int, check_real, check_tensor
+from .models.mlp import MLP, mlp
+from .theory.mean_field import q_star
+from .utils import seeded
+
+
+def preactivations(net: MLP, x: torch.Tensor, grad_output: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The output ``z_l = W_l h_{l-1} + b_l`` of every linear layer of ``net`` for the batch ``x``,
+    input to output (``l = 1, ..., L``; the last is the read-out, ``net(x)`` itself).
+
+    With ``grad_output`` (a tensor shaped like ``net(x)``), also back-propagates
+    ``L = sum(net(x) * grad_output)``, so that ``z_l.grad = dL/dz_l``: the gradient at every
+    pre-activation, with ``dL/dz_L = grad_output`` at the read-out. Without it, runs under
+    ``torch.no_grad()``.
+    """
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be a gradlab MLP (gradlab.mlp), got {type(net).__name__}")
+    x = check_tensor("x", x)
+    outputs: list[torch.Tensor] = []
+
+    def keep(module, args, out):
+        if out.requires_grad:
+            out.retain_grad()
+        outputs.append(out)
+
+    hooks = [linear.register_forward_hook(keep) for linear in net.linears]
+    try:
+        if grad_output is None:
+            with torch.no_grad():
+                net(x)
+        else:
+            grad_output = check_tensor("grad_output", grad_output)
+            y = net(x)
+            if grad_output.shape != y.shape:
+                raise ValueError(f"grad_output must have the shape of net(x), {tuple(y.shape)}, "
+                                 f"got {tuple(grad_output.shape)}")
+            y.backward(grad_output)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs
+
+
+def _input_std(activation: str, sigma_w: float, sigma_b: float) -> float:
+    """The input entries' standard deviation that puts the first layer at ``q_1 = q``, ``q = q*``
+    (or ``sigma_w² + sigma_b²`` where no fixed point exists): ``sigma_w² E[x_j²] + sigma_b² = q``."""
+    try:
+        q = q_star(activation, sigma_w, sigma_b)
+    except ValueError as err:
+        if "no fixed point" not in str(err):
+            raise  # a bad activation name, not a missing fixed point
+        q = sigma_w**2 + sigma_b**2
+    return math.sqrt(max(q - sigma_b**2, 0.0)) / sigma_w
+
+
+def _random_mlp(seed: int, activation: str, sigma_w: float, sigma_b: float, depth: int, width: int) -> MLP:
+    with seeded(seed):
+        return mlp(depth, width, activation=activation, init="gaussian", gain=sigma_w, bias_std=sigma_b)
+
+
+def _check_setting(sigma_w, sigma_b, depth, width, seeds) -> tuple:
+    return (check_real("sigma_w", sigma_w, minimum=0.0, strict=True),
+            check_real("sigma_b", sigma_b, minimum=0.0),
+            check_int("depth", depth, minimum=1), check_int("width", width, minimum=1),
+            check_int("seeds", seeds, minimum=1))
+
+
+def gradient_growth(
+    activation: str,
+    sigma_w: float,
+    sigma_b: float,
+    *,
+    depth: int = 30,
+    width: int = 256,
+    batch: int = 64,
+    seeds: int = 2,
+) -> np.ndarray:
+    """``||dL/dz_l||² / ||dL/dz_L||²`` for ``l = 1, ..., L`` (input to output), one row per seed.
+
+    Network ``i`` (``i = 0, ..., seeds - 1``) is ``gradlab.mlp(depth, width, activation=...,
+    init="gaussian", gain=sigma_w, bias_std=sigma_b)`` built under ``gradlab.utils.seeded(i)``.
+    Its batch of ``batch`` inputs has i.i.d. N(0, (q - sigma_b²) / sigma_w²) entries, so that the
+    first layer's length is already ``q_1 = sigma_w² E[x_j²] + sigma_b² = q``, with ``q = q*``
+    (:func:`~gradlab.theory.q_star`), or ``q = sigma_w² + sigma_b²`` (unit-variance inputs) where
+    no fixed point exists. The read-out sends back ``dL/dz_L = v ~ N(0, I)``. Inputs and ``v``
+    come from ``torch.Generator().manual_seed(i)``. Mean-field theory predicts
+    ``chi_1^(L - l)`` for every row (:func:`~gradlab.theory.chi1`).
+
+    Returns:
+        a ``(seeds, depth)`` float64 array; column ``depth - 1`` is 1.
+    """
+    sigma_w, sigma_b, depth, width, seeds = _check_setting(sigma_w, sigma_b, depth, width, seeds)
+    batch = check_int("batch", batch, minimum=1)
+    input_std = _input_std(activation, sigma_w, sigma_b)
+    rows = []
+    for seed in range(seeds):
+        net = _random_mlp(seed, activation, sigma_w, sigma_b, depth, width)
+        g = torch.Generator().manual_seed(seed)
+        x = input_std * torch.randn(batch, width, generator=g)
+        v = torch.randn(batch, width, generator=g)
+        zs = preactivations(net, x, grad_output=v)
+        squared = np.array([float(z.grad.double().pow(2).sum()) for z in zs])
+        rows.append(squared / squared[-1])
+    return np.stack(rows)
+
+
+def layer_correlations(net: MLP, x_a: torch.Tensor, x_b: torch.Tensor) -> np.ndarray:
+    """The correlation ``c_l = <z_l(a), z_l(b)> / (||z_l(a)|| ||z_l(b)||)`` of the
+    pre-activations of paired inputs, at every linear layer of ``net`` (input to output).
+
+    ``x_a`` and ``x_b`` are batches of the same shape; row ``k`` of each forms pair ``k``. With
+    ``q_ab = <z(a), z(b)> / n`` this is Poole et al. (2016)'s ``c = q_ab / sqrt(q_aa q_bb)``,
+    which :func:`gradlab.theory.correlation.correlation_map` predicts layer by layer.
+
+    Returns:
+        a ``(pairs, depth)`` float64 array.
+    """
+    x_a = check_tensor("x_a", x_a, ndim=2)
+    x_b = check_tensor("x_b", x_b, ndim=2)
+    if x_a.shape != x_b.shape:
+        raise ValueError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and "
+                         f"{tuple(x_b.shape)}")
+    zs = preactivations(net, torch.cat([x_a, x_b]))
+    pairs = x_a.shape[0]
+    columns = [torch.nn.functional.cosine_similarity(z[:pairs].double(), z[pairs:].double(), dim=1)
+               for z in zs]
+    return torch.stack(columns, dim=1).numpy()
+
+
+def pair_correlations(
+    activation: str,
+    sigma_w: float,
+    sigma_b: float,
+    *,
+    depth: int = 20,
+    width: int = 256,
+    pairs: int = 8,
+    seeds: int = 32,
+) -> np.ndarray:
+    """How the correlation of two independent inputs evolves with depth: for each of ``seeds``
+    networks, the mean over ``pairs`` input pairs of :func:`layer_correlations`.
+
+    Networks and inputs are drawn as in :func:`gradient_growth` (network ``i`` under
+    ``seeded(i)``, inputs from ``torch.Generator().manual_seed(i)``, ``q_1 = q*``). Independent
+    inputs start the first layer at ``c_1 ~ sigma_b² / q*``; mean-field theory predicts the
+    later layers by iterating :func:`gradlab.theory.correlation_map`, towards
+    :func:`gradlab.theory.c_star`. The rows are independent (one network each), so their
+    spread gives the standard error of the mean; the pairs of one network share its weights.
+
+    Returns:
+        a ``(seeds, depth)`` float64 array.
+    """
+    sigma_w, sigma_b, depth, width, seeds = _check_setting(sigma_w, sigma_b, depth, width, seeds)
+    pairs = check_int("pairs", pairs, minimum=1)
+    input_std = _input_std(activation, sigma_w, sigma_b)
+    rows = []
+    for seed in range(seeds):
+        net = _random_mlp(seed, activation, sigma_w, sigma_b, depth, width)
+        g = torch.Generator().manual_seed(seed)
+        x_a = input_std * torch.randn(pairs, width, generator=g)
+        x_b = input_std * torch.randn(pairs, width, generator=g)
+        rows.append(layer_correlations(net, x_a, x_b).mean(axis=0))
+    return np.stack(rows)
+
+
+__all__ = ["gradient_growth", "layer_correlations", "pair_correlations", "preactivations"]
