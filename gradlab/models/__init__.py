@@ -5,6 +5,8 @@
 - :mod:`~gradlab.models.rnn`: recurrent networks (:class:`VanillaRNN`, :class:`LSTM`,
   :class:`GRU`) and the single-unit network of Pascanu et al. 2013 (:class:`SingleUnitRNN`,
   :func:`single_unit_last_state`);
+- :mod:`~gradlab.models.transformer`: a small decoder-only transformer with Pre-LN or Post-LN
+  blocks (:class:`Transformer`, :class:`TransformerBlock`) and its loss (:func:`lm_loss`);
 - :mod:`~gradlab.models.init`: data-dependent initialization of any model's linear and
   convolution layers (:func:`lsuv_init_`, Mishkin & Matas 2016).
 
@@ -16,6 +18,7 @@ from ..activations import ACTIVATIONS
 from .init import LSUV_LAYERS, lsuv_init_
 from .mlp import INITS, MLP, NORMS, Block, exploding_mlp, init_linear_, mlp
 from .rnn import GRU, LSTM, RNN_INITS, SingleUnitRNN, VanillaRNN, single_unit_last_state
+from .transformer import NORM_POSITIONS, Transformer, TransformerBlock, lm_loss
 
 __all__ = [
     "ACTIVATIONS",
@@ -25,12 +28,16 @@ __all__ = [
     "LSTM",
     "MLP",
     "NORMS",
+    "NORM_POSITIONS",
     "RNN_INITS",
     "Block",
     "SingleUnitRNN",
+    "Transformer",
+    "TransformerBlock",
     "VanillaRNN",
     "exploding_mlp",
     "init_linear_",
+    "lm_loss",
     "lsuv_init_",
     "mlp",
     "single_unit_last_state",
