@@ -16,6 +16,7 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.weight_decay`: one AdamW step ("Weight decay and spectral control")
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
+- :mod:`.normalization`: BatchNorm's backward pass in training mode ("Normalization")
 """
 
 from .accumulation import check_accumulated_gradient
@@ -28,6 +29,7 @@ from .jacobians import check_layer_jacobian, check_scalar_chain_gradient
 from .learning_rate import check_hvp, check_max_stable_lr
 from .mean_field import CHI1_ACTIVATIONS, check_chi1
 from .mixed_precision import check_update_scale
+from .normalization import check_batchnorm_backward
 from .optimizers import check_adam_step
 from .recurrent import check_bptt_jacobian
 from .weight_decay import check_adamw_step
@@ -39,6 +41,7 @@ __all__ = [
     "check_accumulated_gradient",
     "check_adam_step",
     "check_adamw_step",
+    "check_batchnorm_backward",
     "check_bptt_jacobian",
     "check_chi1",
     "check_clip_grad_norm",

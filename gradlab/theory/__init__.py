@@ -7,8 +7,10 @@ a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.me
 fixed point and depth scale), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
 Pascanu bound, the single-unit cliff and its saddle-node bifurcation),
 :mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
-the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.optimizers` (Adam's
-step bound, its size under noise, the shadow of a gradient spike, its stability threshold) and
+the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.normalization`
+(BatchNorm's gradient growth, LayerNorm's Jacobian, the Pre-LN residual stream),
+:mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under noise, the shadow of a
+gradient spike, its stability threshold) and
 :mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
 and noise, the orthogonality penalty's bounds). Every function that takes an ``activation``
 accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
@@ -48,6 +50,12 @@ from .mean_field import (
 from .mean_field import _chi1_callable as _chi1_callable
 from .mean_field import _moment_map_callable as _moment_map_callable
 from .mean_field import _q_star_callable as _q_star_callable
+from .normalization import (
+    bn_gradient_growth,
+    norm_gradient_growth,
+    norm_jacobian_norm,
+    pre_ln_stream_bounds,
+)
 from .optimizers import (
     adam_noise_step_mean,
     adam_noise_step_rms,
@@ -115,6 +123,11 @@ __all__ = [
     "quartic_gd_threshold",
     "quartic_clipped_steps",
     "clipped_sgd_fixed_point",
+    # normalization
+    "bn_gradient_growth",
+    "norm_gradient_growth",
+    "norm_jacobian_norm",
+    "pre_ln_stream_bounds",
     # optimizers
     "adam_step_bound",
     "adam_noise_step_mean",
