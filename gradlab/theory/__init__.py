@@ -4,7 +4,9 @@ One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (bac
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.correlation` (two inputs through a wide network: the correlation map, its
-fixed point and depth scale), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
+fixed point and depth scale), :mod:`~gradlab.theory.isometry` (the whole singular-value spectrum
+of the input-output Jacobian: Gaussian against orthogonal weights, the critical line labelled by
+``q*``), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
 Pascanu bound, the single-unit cliff and its saddle-node bifurcation),
 :mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
 the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.normalization`
@@ -19,6 +21,12 @@ accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is
 
 from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
 from .correlation import c_star, correlation_depth_scale, correlation_map, correlation_slope
+from .isometry import (
+    critical_point,
+    input_output_jacobian,
+    jacobian_singular_values,
+    jacobian_spectrum_moments,
+)
 from .jacobians import (
     activation_derivative,
     average_growth_factor,
@@ -105,6 +113,11 @@ __all__ = [
     "gradient_factor",
     "normalizing_sigma_w",
     "moment_map",
+    # isometry
+    "critical_point",
+    "jacobian_spectrum_moments",
+    "input_output_jacobian",
+    "jacobian_singular_values",
     # recurrent
     "bptt_jacobian",
     "bptt_jacobian_norms",
