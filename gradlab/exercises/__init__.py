@@ -14,6 +14,7 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
 - :mod:`.activations`: Klambauer's moment map of an arbitrary activation ("Activations")
 - :mod:`.weight_decay`: one AdamW step ("Weight decay and spectral control")
+- :mod:`.dropout`: the variance shift in front of batch normalization ("Dropout")
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
 """
@@ -23,6 +24,7 @@ from .activations import MOMENT_MAP_ACTIVATIONS, check_moment_map
 from .clipping import check_clip_grad_norm
 from .clipping_theory import check_clipped_sgd_fixed_point
 from .distributed import check_global_norm
+from .dropout import check_variance_shift
 from .harness import CheckResult, check_function
 from .jacobians import check_layer_jacobian, check_scalar_chain_gradient
 from .learning_rate import check_hvp, check_max_stable_lr
@@ -51,4 +53,5 @@ __all__ = [
     "check_moment_map",
     "check_scalar_chain_gradient",
     "check_update_scale",
+    "check_variance_shift",
 ]
