@@ -83,8 +83,10 @@ def per_example_norms(net: MLP, x: torch.Tensor, grad_output: torch.Tensor) -> E
 
     The loss ``L = sum_b <net(x)_b, grad_output_b>`` is a sum over examples, so row ``b`` of
     ``dL/dz_l`` is example ``b``'s own gradient; in training mode each example also has its own
-    dropout masks. The net runs in the mode it is in (``net.train()`` or ``net.eval()``), with
-    PyTorch's global random stream for the masks.
+    dropout masks. (A BatchNorm layer in training mode couples the examples of the batch: the
+    rows are then the rows of the batch's gradient, not separate per-example gradients.) The net
+    runs in the mode it is in (``net.train()`` or ``net.eval()``), with PyTorch's global random
+    stream for the masks.
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a gradlab MLP (gradlab.mlp), got {type(net).__name__}")

@@ -55,8 +55,9 @@ def check_variance_shift(fn: Callable, n_cases: int = 40, seed: int = 0) -> Chec
         v / (v + p / (1 - p) (c² + v)),
 
     against :func:`gradlab.theory.variance_shift` for random ``p`` in [0, 0.9), means and
-    variances. The message names the slip of :data:`SHIFT_SLIPS` that the answer matches."""
-    return run("variance shift", fn, _shift_case, n_cases, seed, rtol=1e-9, atol=0.0,
+    variances, to a relative 1e-6 (a float32 answer passes). The message names the slip of
+    :data:`SHIFT_SLIPS` that the answer matches."""
+    return run("variance shift", fn, _shift_case, n_cases, seed, rtol=1e-6, atol=0.0,
                slips=SHIFT_SLIPS, reference="gradlab.theory.variance_shift")
 
 
