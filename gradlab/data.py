@@ -1,5 +1,6 @@
 """Synthetic data sets, generated on the fly: a teacher regression task for the feed-forward
-chapters and two sequence tasks with long time lags for the recurrent ones.
+chapters, two sequence tasks with long time lags for the recurrent ones, and a token stream with
+a known entropy rate (plus random windows of it) for language models.
 
 Each generator draws from its own ``torch.Generator`` seeded with ``seed``, so the same
 arguments always give the same tensors and the global random state is left untouched.
@@ -8,10 +9,12 @@ arguments always give the same tensors and the global random state is left untou
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from ._validate import check_choice, check_int, check_real
+from ._validate import check_choice, check_int, check_real, check_tensor
 from .models import mlp
 from .utils import seeded
 
@@ -162,3 +165,77 @@ def temporal_order(n: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, t
     symbols[rows, t2] = index["X"] + y % 2  # second: X for classes 0, 2
     x = torch.nn.functional.one_hot(symbols, len(TEMPORAL_ORDER_SYMBOLS)).to(torch.float32)
     return x, y
+
+
+MARKOV_MAX_CONTEXTS = 1_000_000
+"""The largest ``vocab_size ** order`` (the successor table) :func:`markov_tokens` builds."""
+
+
+def markov_tokens(
+    n_tokens: int, *, vocab_size: int = 16, order: int = 1, branching: int = 2, seed: int = 0
+) -> torch.Tensor:
+    """A token stream from a random Markov chain of the given ``order`` whose entropy rate is
+    exactly ``log(branching)`` nats per token.
+
+    Each context (the last ``order`` tokens, ``vocab_size ** order`` of them) is given
+    ``branching`` distinct successors drawn at random from the vocabulary; the next token is one
+    of its context's successors, uniformly. So whatever context a model has seen, the best it can
+    do is ``log(branching)`` nats per token, while a model that ignores the context and predicts
+    the token frequencies pays their entropy (about ``log(vocab_size)``). The first ``order``
+    tokens are uniform.
+
+    Returns:
+        an int64 tensor of shape ``(n_tokens,)`` with values in ``[0, vocab_size)``.
+    """
+    n_tokens = check_int("n_tokens", n_tokens, minimum=1)
+    vocab_size = check_int("vocab_size", vocab_size, minimum=1)
+    order = check_int("order", order, minimum=1)
+    branching = check_int("branching", branching, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    if branching > vocab_size:
+        raise ValueError(f"branching must be <= vocab_size={vocab_size}, got {branching}")
+    n_contexts = vocab_size**order
+    if n_contexts > MARKOV_MAX_CONTEXTS:
+        raise ValueError(f"vocab_size ** order must be <= {MARKOV_MAX_CONTEXTS}, got {n_contexts}")
+    g = torch.Generator().manual_seed(seed)
+    successors = torch.argsort(torch.rand(n_contexts, vocab_size, generator=g), dim=1)[:, :branching]
+    start = torch.randint(0, vocab_size, (order,), generator=g).tolist()
+    choices = torch.randint(0, branching, (n_tokens,), generator=g).tolist()
+    table = successors.tolist()
+    tokens = start[:n_tokens]
+    context = 0
+    for token in start:
+        context = context * vocab_size + token  # the last `order` tokens in base vocab_size
+    for t in range(len(tokens), n_tokens):
+        token = table[context][choices[t]]
+        tokens.append(token)
+        context = (context * vocab_size + token) % n_contexts
+    return torch.tensor(tokens, dtype=torch.long)
+
+
+def token_batches(
+    tokens: torch.Tensor, *, batch_size: int, context: int, seed: int = 0
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """Random windows of a token stream for next-token prediction, as a ``data`` callable for
+    :func:`gradlab.train.fit`: ``draw(i)`` returns ``(x, y)`` of shape ``(batch_size, context)``
+    with ``y[b, t] = tokens[s_b + t + 1]`` for ``x[b, t] = tokens[s_b + t]``, the starts ``s_b``
+    uniform. Batch ``i`` depends only on ``seed`` and ``i``, so a run can be repeated exactly.
+    """
+    tokens = check_tensor("tokens", tokens, ndim=1)
+    if tokens.dtype != torch.long:
+        raise TypeError(f"tokens must be token ids of dtype torch.long, got {tokens.dtype}")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    context = check_int("context", context, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    if len(tokens) < context + 1:
+        raise ValueError(f"tokens must hold at least context + 1 = {context + 1} tokens, got {len(tokens)}")
+    offsets = torch.arange(context)
+
+    def draw(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = check_int("i", i, minimum=0)
+        # torch's CPU generator keeps only the low 32 bits of a seed: mix (seed, i) into them
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+        starts = torch.randint(0, len(tokens) - context, (batch_size, 1), generator=g)
+        return tokens[starts + offsets], tokens[starts + offsets + 1]
+
+    return draw

@@ -132,14 +132,6 @@ def _hvp_from_grads(grads, params, vector) -> list[torch.Tensor]:
     return [torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, params, strict=True)]
 
 
-def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    return float(sum((x * y).sum() for x, y in zip(a, b, strict=True)))
-
-
-def _norm(a: Sequence[torch.Tensor]) -> float:
-    return math.sqrt(_dot(a, a))
-
-
 # ---------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------
@@ -291,36 +283,6 @@ def _lanczos(product, v: torch.Tensor, iters: int, tol: float, generator: torch.
                 r = r - (basis[:m] @ r) @ basis[:m]
         q = r / torch.linalg.vector_norm(r)
     return value, y, most, residual <= tol, residual
-
-
-def _power_iteration(product, v, iters: int, tol: float, shift: float = 0.0):
-    """Power iteration on ``u ↦ H u - shift·u``: ``v ← (H - shift) v / ‖(H - shift) v‖``.
-
-    Returns ``(μ, v, iterations, converged, residual)`` where ``μ = vᵀ(H - shift)v`` and the
-    residual ``‖Hv - (μ + shift)v‖ / |μ + shift|`` belong to the returned ``v``. It finds the
-    eigenvalue of largest magnitude, and converges like ``(|λ_2| / |λ_1|)^k``: not at all when
-    ``λ_2 = -λ_1``. :func:`top_eigenvalue` uses :func:`_lanczos` instead; this is the textbook
-    method the learning-rate chapter explains.
-    """
-    norm = _norm(v)
-    if norm == 0.0:
-        raise ValueError("init must not be the zero vector")
-    v = [x / norm for x in v]
-    for k in range(1, iters + 1):
-        hv = product(v)
-        if shift:
-            hv = [h - shift * x for h, x in zip(hv, v, strict=True)]
-        value = _dot(v, hv)
-        hv_norm = _norm(hv)
-        if hv_norm == 0.0:  # v is in the null space: H v = 0 exactly
-            return 0.0, v, k, True, 0.0
-        # ‖(H - s)v - μv‖ = ‖Hv - (μ + s)v‖: relative to the eigenvalue of H itself, μ + s.
-        residual = _norm([h - value * x for h, x in zip(hv, v, strict=True)]) / max(
-            abs(value + shift), 1e-300
-        )
-        if residual <= tol or k == iters:  # value, residual and v all of this iterate
-            return value, v, k, residual <= tol, residual
-        v = [h / hv_norm for h in hv]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Signals and gradients through a random network at initialization, measured: the quantities
 that the mean-field theory (:mod:`gradlab.theory.mean_field`, :mod:`gradlab.theory.correlation`,
-:mod:`gradlab.theory.dropout`) predicts, read off real networks built by :func:`gradlab.mlp`
-(the chapters "Signal propagation at initialization" and "Dropout"). The chapter and the tests
-call the same functions.
+:mod:`gradlab.theory.dropout`) predicts, read off real networks built by :func:`gradlab.mlp` (the
+chapters "Signal propagation at initialization" and "Dropout"), and those that
+:mod:`gradlab.theory.normalization` predicts for networks with BatchNorm or LayerNorm and for
+:class:`gradlab.models.Transformer` (the chapter "Normalization"). The chapters and the tests call
+the same functions.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
-from ._validate import check_int, check_real, check_tensor
+from ._validate import check_choice, check_int, check_real, check_tensor
 from .models.mlp import MLP, mlp
+from .models.transformer import Transformer, lm_loss
 from .theory.mean_field import q_star
 from .utils import seeded
 
@@ -239,5 +243,116 @@ def pair_correlations(
     return np.stack(rows)
 
 
-__all__ = ["ExampleNorms", "gradient_growth", "layer_correlations", "pair_correlations",
-           "per_example_norms", "preactivations"]
+def normalized_gradient_growth(
+    activation: str,
+    norm: str,
+    batch: int,
+    *,
+    depth: int = 20,
+    width: int = 256,
+    seeds: int = 5,
+    mode: str = "train",
+    calibrate: int = 0,
+) -> np.ndarray:
+    """The per-layer factor ``||dL/dz_{l-1}||² / ||dL/dz_l||²`` of networks with a norm after every
+    hidden linear layer, ``x_l = phi(Norm(z_l))``, ``z_l = W_l x_{l-1}``: one value per network,
+    the mean of the factor over the hidden layers ``l = 3, ..., L - 1`` (the pair ``z_1, z_2`` is
+    left out because ``z_1`` is fed by the raw input, not by a normalized layer).
+
+    Network ``i`` is ``gradlab.mlp(depth, width, activation=..., init="he", norm=norm)`` built
+    under ``gradlab.utils.seeded(i)`` (its weight scale does not matter with a norm); the batch
+    of ``batch`` standard Gaussian inputs and the read-out gradient ``v ~ N(0, I)`` come from
+    ``torch.Generator().manual_seed(1000 + i)``. With ``calibrate > 0``, ``calibrate`` further
+    batches from the same generator first go through the network in training mode, with every
+    BatchNorm's ``momentum=None``, so its running statistics are their plain average; ``mode``
+    then chooses training (batch statistics) or evaluation (running statistics) for the measured
+    pass. :func:`gradlab.theory.bn_gradient_growth` and :func:`gradlab.theory.norm_gradient_growth`
+    predict it in training mode.
+
+    Returns:
+        a ``(seeds,)`` float64 array.
+    """
+    norm = check_choice("norm", norm, ["batch", "layer"])
+    batch = check_int("batch", batch, minimum=2 if norm == "batch" else 1)
+    depth = check_int("depth", depth, minimum=4)
+    width = check_int("width", width, minimum=1)
+    seeds = check_int("seeds", seeds, minimum=1)
+    mode = check_choice("mode", mode, ["train", "eval"])
+    calibrate = check_int("calibrate", calibrate, minimum=0)
+    factors = []
+    for seed in range(seeds):
+        with seeded(seed):
+            net = mlp(depth, width, activation=activation, init="he", norm=norm)
+        g = torch.Generator().manual_seed(1000 + seed)
+        if calibrate:
+            for module in net.modules():
+                if isinstance(module, nn.BatchNorm1d):
+                    module.momentum = None  # the running statistics: a plain average
+            with torch.no_grad():
+                for _ in range(calibrate):
+                    net(torch.randn(batch, width, generator=g))
+        net.train(mode == "train")
+        x = torch.randn(batch, width, generator=g)
+        v = torch.randn(batch, net[-1].linear.out_features, generator=g)
+        zs = preactivations(net, x, grad_output=v)[:-1]  # the hidden layers' z_1 .. z_{L-1}
+        squared = np.array([float(z.grad.double().pow(2).sum()) for z in zs])
+        factors.append(np.mean((squared[:-1] / squared[1:])[1:]))
+    return np.array(factors)
+
+
+def residual_stream(model: Transformer, idx: torch.Tensor) -> dict[str, np.ndarray]:
+    """Mean squared norms, divided by ``d_model``, in ``model``'s residual stream for the tokens
+    ``idx``, averaged over the sequences and positions (no gradient is computed):
+
+    - ``"stream"``: ``E||x_l||² / d`` for ``l = 0`` (the embeddings) to ``n_layer`` (after each block);
+    - ``"attention"``, ``"ffn"``: ``E||F(.)||² / d`` of each block's attention and feed-forward
+      outputs (what each sub-layer adds to a Pre-LN stream);
+    - ``"attention_first"``: the attention output at the first position alone.
+
+    :func:`gradlab.theory.pre_ln_stream_bounds` bounds ``"stream"`` for a Pre-LN model at
+    initialization, where each ``"ffn"`` entry is ``E[phi(z)²]`` in expectation and each
+    ``"attention_first"`` entry 1.
+    """
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be a gradlab.models.Transformer, got {type(model).__name__}")
+    seen: dict[tuple[str, int], torch.Tensor] = {}
+    hooks = []
+    for k, block in enumerate(model.blocks):
+        for name, module in (("attention", block.attn), ("ffn", block.ffn), ("stream", block)):
+            hooks.append(module.register_forward_hook(
+                lambda mod, args, out, key=(name, k): seen.__setitem__(key, out.detach())))
+    try:
+        with torch.no_grad():
+            x0 = model.embed(idx)
+            model(idx)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def msq(t: torch.Tensor) -> float:
+        return float(t.double().pow(2).sum(-1).mean()) / model.d_model
+
+    blocks = range(model.n_layer)
+    return {
+        "stream": np.array([msq(x0)] + [msq(seen["stream", k]) for k in blocks]),
+        "attention": np.array([msq(seen["attention", k]) for k in blocks]),
+        "attention_first": np.array([msq(seen["attention", k][:, 0]) for k in blocks]),
+        "ffn": np.array([msq(seen["ffn", k]) for k in blocks]),
+    }
+
+
+def ffn_weight_gradients(model: Transformer, idx: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """``||dL/dW_2||`` (Frobenius) of every block's second feed-forward weight, input to output,
+    for the next-token loss :func:`gradlab.models.lm_loss` on ``(idx, targets)``: the gradient
+    Xiong et al. (2020, Theorem 1) bound at initialization. Leaves the gradients in ``.grad``
+    (any earlier ones are cleared first)."""
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be a gradlab.models.Transformer, got {type(model).__name__}")
+    model.zero_grad(set_to_none=True)
+    lm_loss(model(idx), targets).backward()
+    return np.array([float(block.ffn.fc2.weight.grad.norm()) for block in model.blocks])
+
+
+__all__ = ["ExampleNorms", "ffn_weight_gradients", "gradient_growth", "layer_correlations",
+           "normalized_gradient_growth", "pair_correlations", "per_example_norms", "preactivations",
+           "residual_stream"]

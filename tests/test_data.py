@@ -11,8 +11,10 @@ from gradlab.data import (
     TEMPORAL_ORDER_MIN_LEN,
     TEMPORAL_ORDER_SYMBOLS,
     adding_problem,
+    markov_tokens,
     teacher_regression,
     temporal_order,
+    token_batches,
 )
 from gradlab.models import mlp
 from gradlab.utils import seeded
@@ -287,3 +289,113 @@ def test_teacher_bad_inputs(kwargs, error, name):
     with pytest.raises(error, match=name):
         teacher_regression(**kwargs)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# markov_tokens, token_batches
+# ---------------------------------------------------------------------------------------------
+
+
+def _conditional_entropy(tokens, order):
+    """Empirical entropy of the next token given the previous `order` tokens, in nats."""
+    contexts = {}
+    seq = tokens.tolist()
+    for t in range(order, len(seq)):
+        key = tuple(seq[t - order:t])
+        contexts.setdefault(key, []).append(seq[t])
+    total = len(seq) - order
+    entropy = 0.0
+    for nexts in contexts.values():
+        counts = torch.bincount(torch.tensor(nexts)).double()
+        p = counts[counts > 0] / len(nexts)
+        entropy -= len(nexts) / total * float((p * p.log()).sum())
+    return entropy
+
+
+@pytest.mark.parametrize(("vocab_size", "order", "branching"), [(16, 1, 2), (8, 2, 3), (5, 1, 5), (4, 3, 1)])
+def test_markov_tokens_entropy_rate_is_log_branching(vocab_size, order, branching):
+    tokens = markov_tokens(40_000, vocab_size=vocab_size, order=order, branching=branching, seed=1)
+    assert tokens.shape == (40_000,) and tokens.dtype == torch.long
+    assert 0 <= int(tokens.min()) and int(tokens.max()) < vocab_size
+    # every context has exactly `branching` successors, each about equally likely: the empirical
+    # conditional entropy is log(branching) minus a small plug-in bias
+    assert _conditional_entropy(tokens, order) == pytest.approx(math.log(branching), abs=0.02)
+    successors = {}
+    seq = tokens.tolist()
+    for t in range(order, len(seq)):
+        successors.setdefault(tuple(seq[t - order:t]), set()).add(seq[t])
+    assert max(len(v) for v in successors.values()) == branching
+
+
+def test_markov_tokens_deterministic_seed_dependent_and_global_rng_untouched():
+    torch.manual_seed(5)
+    before = torch.rand(2)
+    torch.manual_seed(5)
+    a = markov_tokens(500, seed=3)
+    assert torch.equal(a, markov_tokens(500, seed=3))
+    assert not torch.equal(a, markov_tokens(500, seed=4))
+    assert torch.equal(torch.rand(2), before)
+    assert torch.equal(markov_tokens(1, order=3, seed=3), markov_tokens(1, order=3, seed=3))
+    assert len(markov_tokens(2, order=3)) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"n_tokens": 0}, ValueError, "n_tokens"),
+        ({"n_tokens": 10.0}, TypeError, "n_tokens"),
+        ({"n_tokens": 10, "vocab_size": 0}, ValueError, "vocab_size"),
+        ({"n_tokens": 10, "order": 0}, ValueError, "order"),
+        ({"n_tokens": 10, "branching": 0}, ValueError, "branching"),
+        ({"n_tokens": 10, "vocab_size": 3, "branching": 4}, ValueError, "branching"),
+        ({"n_tokens": 10, "vocab_size": 100, "order": 4}, ValueError, "vocab_size"),
+        ({"n_tokens": 10, "seed": -1}, ValueError, "seed"),
+        ({"n_tokens": 10, "order": True}, TypeError, "order"),
+    ],
+)
+def test_markov_tokens_bad_inputs(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        markov_tokens(**kwargs)
+
+
+def test_token_batches_are_shifted_windows_reproducible_per_index():
+    tokens = markov_tokens(300, seed=0)
+    draw = token_batches(tokens, batch_size=5, context=7, seed=2)
+    x, y = draw(0)
+    assert x.shape == y.shape == (5, 7) and x.dtype == y.dtype == torch.long
+    for row_x, row_y in zip(x, y, strict=True):
+        # find the window: y is x shifted by one position in the stream
+        starts = [s for s in range(len(tokens) - 7) if torch.equal(tokens[s:s + 7], row_x)
+                  and torch.equal(tokens[s + 1:s + 8], row_y)]
+        assert starts
+    assert torch.equal(draw(3)[0], token_batches(tokens, batch_size=5, context=7, seed=2)(3)[0])
+    assert not torch.equal(draw(0)[0], draw(1)[0])
+    assert not torch.equal(draw(0)[0], token_batches(tokens, batch_size=5, context=7, seed=3)(0)[0])
+    # the shortest stream: one window, starting at 0
+    x, y = token_batches(tokens[:8], batch_size=2, context=7)(0)
+    assert torch.equal(x[0], tokens[:7]) and torch.equal(y[1], tokens[1:8])
+
+
+@pytest.mark.parametrize(
+    ("tokens", "kwargs", "error", "name"),
+    [
+        ([1, 2, 3], {"batch_size": 1, "context": 1}, TypeError, "tokens"),
+        (torch.zeros(5), {"batch_size": 1, "context": 1}, TypeError, "tokens"),
+        (torch.zeros(2, 5, dtype=torch.long), {"batch_size": 1, "context": 1}, ValueError, "tokens"),
+        (torch.zeros(5, dtype=torch.long), {"batch_size": 0, "context": 1}, ValueError, "batch_size"),
+        (torch.zeros(5, dtype=torch.long), {"batch_size": 1, "context": 0}, ValueError, "context"),
+        (torch.zeros(5, dtype=torch.long), {"batch_size": 1, "context": 5}, ValueError, "context"),
+        (torch.zeros(5, dtype=torch.long), {"batch_size": 1, "context": 2, "seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_token_batches_bad_inputs(tokens, kwargs, error, name):
+    with pytest.raises(error, match=name):
+        token_batches(tokens, **kwargs)
+
+
+def test_token_batches_refuses_a_bad_index():
+    draw = token_batches(torch.zeros(5, dtype=torch.long), batch_size=1, context=2)
+    with pytest.raises(ValueError, match="i"):
+        draw(-1)
+    with pytest.raises(TypeError, match="i"):
+        draw(1.5)

@@ -46,6 +46,7 @@ CHAIN_WRONG = {
     "weights alone": lambda weights, x: math.prod(weights),
     "layer's input": _chain_with(lambda a, h_prev, h: 1.0 - h_prev**2),
     "pre-activation": _chain_with(lambda a, h_prev, h: 1.0 - (a * h_prev) ** 2),
+    "inner derivative": _chain_with(lambda a, h_prev, h: (1.0 - h * h) / a),
 }
 
 
@@ -92,6 +93,11 @@ LAYER_WRONG = {
     "columns": lambda w, b, x, activation: (
         w * activations.derivative(activation, w @ x + b) if w.shape[0] == w.shape[1]
         else layer_jacobian(w, b, x, activation)),
+    "written for the output": lambda w, b, x, activation: (
+        (1 - (w @ x + b) ** 2)[:, None] * w if activation == "tanh"
+        else ((w @ x + b) * (1 - (w @ x + b)))[:, None] * w if activation == "sigmoid"
+        else layer_jacobian(w, b, x, activation)),
+    "without the bias": lambda w, b, x, activation: layer_jacobian(w, torch.zeros_like(b), x, activation),
 }
 
 

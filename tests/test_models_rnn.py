@@ -1,5 +1,8 @@
 """Tests for gradlab.models.rnn: VanillaRNN, LSTM, GRU and the single-unit network of the cliff."""
 
+import copy
+import math
+
 import pytest
 import torch
 from torch.nn.utils import parametrize
@@ -14,8 +17,15 @@ from gradlab.models import (
     VanillaRNN,
     dropout_masks,
     single_unit_last_state,
+    state_jacobian_norms,
 )
-from gradlab.theory import cliff_bias, cliff_gradient_norm, spectral_norm, spectral_radius
+from gradlab.theory import (
+    bptt_jacobian_norms,
+    cliff_bias,
+    cliff_gradient_norm,
+    spectral_norm,
+    spectral_radius,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Recurrent models: VanillaRNN against torch.nn.RNN, spectral radius, LSTM/GRU wrappers
@@ -285,6 +295,222 @@ def test_states_with_masks_drop_the_recurrent_input():
 def test_dropout_masks_and_states_reject_bad_arguments(call, error, name):
     with pytest.raises(error, match=name):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM and GRU cells, the forget-gate bias, state Jacobians against the lag
+# ---------------------------------------------------------------------------------------------
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + torch.exp(-z))
+
+
+def _hand_lstm_step(rnn, x_t, h, c):
+    """One LSTM step from the weight slices, every gate computed on its own (PyTorch's gate
+    order i, f, g, o in the rows of weight_ih, weight_hh, bias_ih, bias_hh)."""
+    n = rnn.hidden_size
+    w_i, w_h = rnn.weight_ih_l0, rnn.weight_hh_l0
+    b = rnn.bias_ih_l0 + rnn.bias_hh_l0
+
+    def pre(k):
+        rows = slice(k * n, (k + 1) * n)
+        return x_t @ w_i[rows].T + h @ w_h[rows].T + b[rows]
+
+    i, f, g, o = _sigmoid(pre(0)), _sigmoid(pre(1)), torch.tanh(pre(2)), _sigmoid(pre(3))
+    c = f * c + i * g
+    return o * torch.tanh(c), c, f
+
+
+def test_lstm_and_gru_cells_match_torch_step_by_step():
+    torch.manual_seed(11)
+    x = torch.randn(3, 9, 4)
+    for cls in (LSTM, GRU):
+        model = cls(4, 6)
+        with torch.no_grad():
+            for p in model.rnn.parameters():
+                p.normal_(0.0, 0.7)  # biases and weights of order one: every gate matters
+        out = model.states(x)
+        h, c = torch.zeros(3, 6), torch.zeros(3, 6)
+        for t in range(9):
+            if cls is LSTM:
+                h, c = model.cell((h, c), x[:, t])
+            else:
+                h = model.cell(h, x[:, t])
+            torch.testing.assert_close(h, out[:, t], rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_matches_a_hand_written_step_with_its_forget_bias():
+    torch.manual_seed(12)
+    model = LSTM(3, 5, forget_bias=2.0)
+    x = torch.randn(2, 7, 3)
+    h, c = torch.zeros(2, 5), torch.zeros(2, 5)
+    for t in range(7):
+        h, c, f = _hand_lstm_step(model.rnn, x[:, t], h, c)
+    torch.testing.assert_close(model.states(x)[:, -1], h, rtol=1e-5, atol=1e-6)
+    # with no input and h = 0 the forget gate is exactly sigmoid(total forget bias)
+    _, _, f = _hand_lstm_step(model.rnn, torch.zeros(1, 3), torch.zeros(1, 5), torch.zeros(1, 5))
+    torch.testing.assert_close(f, torch.full((1, 5), 1 / (1 + math.exp(-2.0))))
+
+
+@pytest.mark.parametrize("value", [1.0, -2.5, 0.0, 7])
+def test_forget_bias_sets_only_the_forget_slices_of_every_layer(value):
+    n = 4
+    with gl.utils.seeded(3):
+        plain = LSTM(2, n, num_layers=2)
+    with gl.utils.seeded(3):
+        model = LSTM(2, n, num_layers=2, forget_bias=value)
+    assert model.forget_bias == float(value) and plain.forget_bias is None
+    assert f"forget_bias={float(value)}" in repr(model)
+    for layer in range(2):
+        b_ih = getattr(model.rnn, f"bias_ih_l{layer}")
+        b_hh = getattr(model.rnn, f"bias_hh_l{layer}")
+        torch.testing.assert_close(b_ih[n : 2 * n] + b_hh[n : 2 * n], torch.full((n,), float(value)))
+        for name, mine in (("ih", b_ih), ("hh", b_hh)):
+            theirs = getattr(plain.rnn, f"bias_{name}_l{layer}")
+            for rows in (slice(0, n), slice(2 * n, 4 * n)):  # gates i, g, o untouched
+                assert torch.equal(mine[rows], theirs[rows])
+        assert torch.equal(getattr(model.rnn, f"weight_hh_l{layer}"),
+                           getattr(plain.rnn, f"weight_hh_l{layer}"))
+    assert model.set_forget_bias_(0.5) is model and model.forget_bias == 0.5
+
+
+def test_gated_bad_arguments():
+    for bad, error in (("1", TypeError), (float("nan"), ValueError), (float("inf"), ValueError),
+                       (True, TypeError)):
+        with pytest.raises(error, match="forget_bias"):
+            LSTM(2, 4, forget_bias=bad)
+        with pytest.raises(error, match="forget_bias"):
+            LSTM(2, 4).set_forget_bias_(bad)
+    with pytest.raises(TypeError):
+        GRU(2, 4, forget_bias=1.0)  # a GRU has no forget gate
+    with pytest.raises(ValueError, match="num_layers"):
+        LSTM(2, 4, num_layers=2).cell((torch.zeros(1, 4), torch.zeros(1, 4)), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="num_layers"):
+        GRU(2, 4, num_layers=3).cell(torch.zeros(1, 4), torch.zeros(1, 2))
+
+
+def _full_state_jacobian(model, x, t):
+    """d h_T / d h_t (and d c_T / d c_t for an LSTM) for one sequence, by
+    torch.autograd.functional.jacobian on the states after step t: an independent route."""
+    model = model.double()
+    x = x.double()
+    with torch.no_grad():
+        h, c = torch.zeros(model.hidden_size, dtype=torch.float64), None
+        c = torch.zeros_like(h)
+        for k in range(t):
+            if isinstance(model, LSTM):
+                h, c = model.cell((h, c), x[k])
+            else:
+                h = model.cell(h, x[k])
+
+    def run(h, c):
+        for k in range(t, x.shape[0]):
+            if isinstance(model, LSTM):
+                h, c = model.cell((h, c), x[k])
+            else:
+                h = model.cell(h, x[k])
+        return h, c
+
+    jac_h = torch.autograd.functional.jacobian(lambda h_: run(h_, c)[0], h)
+    jac_c = torch.autograd.functional.jacobian(lambda c_: run(h, c_)[1], c)
+    return jac_h, jac_c
+
+
+def test_state_jacobian_norms_match_an_independent_autograd_route():
+    torch.manual_seed(13)
+    x = torch.randn(2, 12, 3)
+    for model in (VanillaRNN(3, 5, spectral_radius=1.3), LSTM(3, 5, forget_bias=1.0), GRU(3, 5)):
+        norms = state_jacobian_norms(model, x)
+        assert set(norms) == ({"h", "c"} if isinstance(model, LSTM) else {"h"})
+        for values in norms.values():
+            assert values.shape == (2, 13) and values.dtype == torch.float64
+            assert torch.equal(values[:, 0], torch.ones(2, dtype=torch.float64))
+        for b in range(2):
+            for t in (0, 4, 11):
+                jac_h, jac_c = _full_state_jacobian(copy.deepcopy(model), x[b], t)
+                lag = 12 - t
+                torch.testing.assert_close(norms["h"][b, lag], torch.linalg.matrix_norm(jac_h, ord=2),
+                                           rtol=1e-10, atol=1e-14)
+                if isinstance(model, LSTM):
+                    torch.testing.assert_close(norms["c"][b, lag],
+                                               torch.linalg.matrix_norm(jac_c, ord=2),
+                                               rtol=1e-10, atol=1e-14)
+
+
+def test_state_jacobian_norms_of_the_vanilla_network_match_the_closed_form():
+    torch.manual_seed(14)
+    model = VanillaRNN(2, 8, spectral_radius=1.2)
+    x = torch.randn(3, 40, 2)
+    norms = state_jacobian_norms(model, x)["h"]
+    with torch.no_grad():
+        _, preacts = copy.deepcopy(model).double().states(x.double())
+    for b in range(3):
+        torch.testing.assert_close(norms[b], bptt_jacobian_norms(model.W, preacts[b], "tanh"),
+                                   rtol=1e-9, atol=0)
+
+
+def _gates(model, x):
+    """Forget gates f_t of an LSTM (update gates z_t of a GRU) along x, shape (batch, T, n)."""
+    n = model.hidden_size
+    h, c, gates = torch.zeros(x.shape[0], n), torch.zeros(x.shape[0], n), []
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            a_x, a_h = model._gate_inputs(h, x[:, t])
+            if isinstance(model, LSTM):
+                gates.append(_sigmoid((a_x + a_h)[:, n : 2 * n]))
+                h, c = model.cell((h, c), x[:, t])
+            else:
+                gates.append(_sigmoid((a_x + a_h)[:, n : 2 * n]))
+                h = model.cell(h, x[:, t])
+    return torch.stack(gates, dim=1).double()
+
+
+def test_carousel_alone_is_the_product_of_the_gates():
+    """With the recurrent weights at zero the cell path of an LSTM is diag(prod f_k) and the
+    state path of a GRU is diag(prod z_k): the norm is the largest unit's product."""
+    torch.manual_seed(15)
+    x = torch.rand(2, 25, 2)
+    for model in (LSTM(2, 6, forget_bias=1.5), GRU(2, 6)):
+        with torch.no_grad():
+            model.rnn.weight_hh_l0.zero_()
+            model.rnn.bias_ih_l0.normal_()
+        norms = state_jacobian_norms(model, x)
+        gates = _gates(model, x)  # (batch, T, n)
+        products = gates.flip(1).log().cumsum(1).exp().amax(-1)  # lag k: prod of the last k
+        path = "c" if isinstance(model, LSTM) else "h"
+        torch.testing.assert_close(norms[path][:, 1:], products, rtol=1e-5, atol=0)
+        if isinstance(model, LSTM):  # h_t then feeds nothing: no path from h_t to h_T
+            assert torch.all(norms["h"][:, 1:] == 0)
+
+
+def test_lstm_cell_path_at_lag_one_is_the_last_forget_gate():
+    torch.manual_seed(16)
+    model = LSTM(3, 7, forget_bias=0.5)
+    x = torch.randn(4, 10, 3)
+    norms = state_jacobian_norms(model, x)["c"]
+    f_last = _gates(model, x)[:, -1].amax(-1)
+    torch.testing.assert_close(norms[:, 1], f_last, rtol=1e-5, atol=0)
+
+
+def test_state_jacobian_norms_rejects_bad_input():
+    with pytest.raises(TypeError, match="model"):
+        state_jacobian_norms(torch.nn.LSTM(2, 3), torch.zeros(1, 4, 2))
+    for bad, error in ((torch.zeros(4, 2), ValueError), (torch.zeros(1, 4, 3), ValueError),
+                       ([[[0.0, 0.0]]], TypeError)):
+        with pytest.raises(error, match="x"):
+            state_jacobian_norms(LSTM(2, 3), bad)
+    with pytest.raises(ValueError, match="num_layers"):
+        state_jacobian_norms(LSTM(2, 3, num_layers=2), torch.zeros(1, 4, 2))
+
+
+def test_state_jacobian_norms_leaves_the_model_alone():
+    model = LSTM(2, 3)
+    before = copy.deepcopy(model.state_dict())
+    state_jacobian_norms(model, torch.randn(1, 5, 2))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert next(model.parameters()).dtype == torch.float32
+    assert all(p.grad is None for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------

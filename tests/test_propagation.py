@@ -1,7 +1,8 @@
 """Tests for gradlab.propagation: the pre-activations and their gradients against a hand-written
 forward pass and autograd, the correlations against a direct computation, the measurement
 helpers' shapes, seeds and inputs. (Their agreement with the mean-field predictions is tested in
-tests/test_theory_mean_field.py and tests/test_theory_correlation.py.)"""
+tests/test_theory_mean_field.py, tests/test_theory_correlation.py and
+tests/test_theory_normalization.py.)"""
 
 import math
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from gradlab import propagation, theory
-from gradlab.models import mlp
+from gradlab.models import Transformer, lm_loss, mlp
 from gradlab.utils import seeded
 
 
@@ -141,6 +142,85 @@ def test_per_example_norms_see_the_dropped_inputs():
     np.testing.assert_allclose(train.deltas[:, 1], plain.deltas[:, 1])  # the read-out's delta is v
 
 
+def test_normalized_gradient_growth_is_the_hand_computed_ratio():
+    """One network, by hand: BatchNorm after each hidden layer, the ratios of squared gradient
+    norms at consecutive hidden linear outputs, the first pair left out."""
+    factors = propagation.normalized_gradient_growth("relu", "batch", 8, depth=6, width=32, seeds=2)
+    assert factors.shape == (2,) and factors.dtype == np.float64
+    for seed in range(2):
+        with seeded(seed):
+            net = mlp(6, 32, activation="relu", init="he", norm="batch")
+        g = torch.Generator().manual_seed(1000 + seed)
+        x = torch.randn(8, 32, generator=g)
+        v = torch.randn(8, 32, generator=g)
+        h, zs = x, []
+        for block in list(net)[:-1]:
+            z = block.linear(h)
+            z.retain_grad()
+            zs.append(z)
+            h = torch.relu(block.norm(z))
+        net[-1].linear(h).backward(v)
+        sq = [float(z.grad.double().pow(2).sum()) for z in zs]
+        ratios = [sq[k - 1] / sq[k] for k in range(2, len(sq))]
+        assert factors[seed] == pytest.approx(np.mean(ratios), rel=1e-5)
+
+
+def test_normalized_gradient_growth_modes_and_calibration():
+    """Evaluation mode with fresh running statistics is the plain network (He: factor about 2
+    for linear); calibration sets the running statistics; LayerNorm ignores the mode."""
+    fresh = propagation.normalized_gradient_growth("linear", "batch", 16, seeds=2, mode="eval")
+    assert np.all(np.abs(fresh - 2.0) < 0.1)
+    calibrated = propagation.normalized_gradient_growth("linear", "batch", 16, seeds=2, mode="eval",
+                                                        calibrate=5)
+    assert np.all(calibrated < 1.0)
+    train = propagation.normalized_gradient_growth("relu", "layer", 16, seeds=2)
+    evaluated = propagation.normalized_gradient_growth("relu", "layer", 16, seeds=2, mode="eval")
+    np.testing.assert_allclose(train, evaluated)
+
+
+def _pre_ln(seed=0, **kwargs):
+    with seeded(seed):
+        return Transformer(16, d_model=32, n_head=4, n_layer=3, context=8, **kwargs)
+
+
+def test_residual_stream_against_a_manual_forward():
+    model = _pre_ln()
+    idx = torch.randint(0, 16, (5, 8), generator=torch.Generator().manual_seed(0))
+    record = propagation.residual_stream(model, idx)
+    assert set(record) == {"stream", "attention", "attention_first", "ffn"}
+    assert record["stream"].shape == (4,) and record["ffn"].shape == (3,)
+    with torch.no_grad():
+        x = model.embed(idx)
+        stream, attn, first, ffn = [x.pow(2).sum(-1).mean() / 32], [], [], []
+        for block in model.blocks:
+            a = block.attn(block.norm1(x))
+            x = x + a
+            f = block.ffn(block.norm2(x))
+            x = x + f
+            attn.append(a.pow(2).sum(-1).mean() / 32)
+            first.append(a[:, 0].pow(2).sum(-1).mean() / 32)
+            ffn.append(f.pow(2).sum(-1).mean() / 32)
+            stream.append(x.pow(2).sum(-1).mean() / 32)
+    for key, manual in (("stream", stream), ("attention", attn), ("attention_first", first), ("ffn", ffn)):
+        np.testing.assert_allclose(record[key], [float(t) for t in manual], rtol=1e-5)
+    # a Post-LN stream leaves every block normalized: E||x||²/d = 1 (up to the norm's eps)
+    post = propagation.residual_stream(_pre_ln(norm_position="post"), idx)
+    np.testing.assert_allclose(post["stream"][1:], 1.0, atol=1e-3)
+    assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_ffn_weight_gradients_are_the_fc2_gradients():
+    model = _pre_ln()
+    g = torch.Generator().manual_seed(1)
+    idx, targets = (torch.randint(0, 16, (4, 8), generator=g) for _ in range(2))
+    norms = propagation.ffn_weight_gradients(model, idx, targets)
+    again = propagation.ffn_weight_gradients(model, idx, targets)  # earlier gradients are cleared
+    np.testing.assert_allclose(norms, again)
+    manual = _pre_ln()
+    lm_loss(manual(idx), targets).backward()
+    np.testing.assert_allclose(norms, [float(b.ffn.fc2.weight.grad.norm()) for b in manual.blocks], rtol=1e-6)
+
+
 BAD_INPUTS = [
     (TypeError, "net", lambda: propagation.per_example_norms(torch.nn.Linear(3, 3), torch.randn(2, 3),
                                                               torch.randn(2, 3))),
@@ -163,6 +243,18 @@ BAD_INPUTS = [
     (ValueError, "pairs", lambda: propagation.pair_correlations("tanh", 1.0, 0.1, pairs=0)),
     (TypeError, "width", lambda: propagation.pair_correlations("tanh", 1.0, 0.1, width=2.5)),
     (ValueError, "activation", lambda: propagation.gradient_growth("softsign", 1.0, 0.1)),
+    (ValueError, "norm", lambda: propagation.normalized_gradient_growth("relu", "group", 8)),
+    (ValueError, "batch", lambda: propagation.normalized_gradient_growth("relu", "batch", 1)),
+    (ValueError, "depth", lambda: propagation.normalized_gradient_growth("relu", "batch", 8, depth=3)),
+    (ValueError, "mode", lambda: propagation.normalized_gradient_growth("relu", "batch", 8, mode="test")),
+    (ValueError, "calibrate",
+     lambda: propagation.normalized_gradient_growth("relu", "batch", 8, calibrate=-1)),
+    (TypeError, "seeds", lambda: propagation.normalized_gradient_growth("relu", "batch", 8, seeds=2.0)),
+    (ValueError, "activation", lambda: propagation.normalized_gradient_growth("softsign", "batch", 8)),
+    (TypeError, "model", lambda: propagation.residual_stream(_net(), torch.zeros(2, 3, dtype=torch.long))),
+    (TypeError, "idx", lambda: propagation.residual_stream(_pre_ln(), torch.zeros(2, 3))),
+    (TypeError, "model", lambda: propagation.ffn_weight_gradients(_net(), torch.zeros(2, 3, dtype=torch.long),
+                                                                  torch.zeros(2, 3, dtype=torch.long))),
 ]
 
 

@@ -14,6 +14,7 @@ from gradlab.theory import (
     bn_dropout_gradient_rate,
     bn_dropout_variance_shift,
     dropout_gradient_factor,
+    norm_gradient_growth,
     spectral_radius,
     variance_shift,
 )
@@ -70,10 +71,11 @@ def test_bn_dropout_closed_forms_for_relu_and_tanh():
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
-def test_bn_gradient_rate_is_at_least_one_gaussian_poincare(activation):
-    """Var phi(y) <= E phi'(y)^2 for y ~ N(0, 1): the rate at p = 0 is at least 1, and dropout
-    can only lower it (the denominator grows by p (E phi)^2)."""
+def test_bn_gradient_rate_without_dropout_is_batchnorms_own_factor(activation):
+    """At p = 0 the rate is the chapter on normalization's lambda_BN (>= 1, Gaussian Poincaré),
+    and dropout can only lower it (the denominator grows by p (E phi)^2)."""
     rates = [bn_dropout_gradient_rate(activation, p) for p in (0.0, 0.3, 0.6, 0.9)]
+    assert rates[0] == pytest.approx(norm_gradient_growth(activation, norm="batch"), rel=1e-12)
     assert rates[0] >= 1 - 1e-12
     assert all(a >= b - 1e-12 for a, b in zip(rates, rates[1:], strict=False))
 
@@ -266,16 +268,18 @@ def test_bn_gradient_rate_relu_with_dropout():
     assert gap > 10 * math.hypot(measured[0.0][1], measured[0.5][1])
 
 
-def test_bn_gradient_rate_tanh_does_not_depend_on_dropout():
-    """tanh (E tanh(y) = 0): the rates at p = 0 and p = 0.5 agree within 1% (3 seeds, not the
-    chapter's). Against the prediction they sit a little above it: the chapter measures 1.1% to
-    1.6% at width 256; these seeds give 0.6% at width 256 and 0.9% at width 512. Tolerance 2%."""
+def test_bn_gradient_rate_tanh_does_not_depend_on_dropout_and_its_excess_shrinks_with_the_batch():
+    """tanh (E tanh(y) = 0), width 256, 3 seeds (not the chapter's): the rates at p = 0 and
+    p = 0.5 agree within 1% at batch 128. Above the large-batch prediction there is a finite-batch
+    excess (the chapter measures 1.1% to 1.6% at batch 128): larger at batch 32 than at batch 128,
+    and below 1% at batch 512 (width 512). Measured: about 3% at 32, 0.6% at 512."""
     predicted = bn_dropout_gradient_rate("tanh", 0.0)
-    at_256 = {p: np.mean([_bn_rate("tanh", p, seed) for seed in (7, 8, 9)]) for p in (0.0, 0.5)}
-    assert abs(at_256[0.5] / at_256[0.0] - 1) < 0.01
-    at_512 = np.mean([_bn_rate("tanh", 0.0, seed, width=512) for seed in (7, 8, 9)])
-    for measured in (at_256[0.0], at_256[0.5], at_512):
-        assert abs(measured / predicted - 1) < 0.02
+    at_128 = {p: np.mean([_bn_rate("tanh", p, seed) for seed in (7, 8, 9)]) for p in (0.0, 0.5)}
+    assert abs(at_128[0.5] / at_128[0.0] - 1) < 0.01
+    at_32 = np.mean([_bn_rate("tanh", 0.0, seed, batch=32) for seed in (7, 8, 9)])
+    at_512 = np.mean([_bn_rate("tanh", 0.0, seed, width=512, batch=512) for seed in (7, 8, 9)])
+    assert at_32 > at_128[0.0] > predicted
+    assert 0 < at_512 / predicted - 1 < 0.01
 
 
 # ---------------------------------------------------------------------------------------------

@@ -813,3 +813,43 @@ def test_length_map_path_bad_inputs_name_the_argument(error, match, kwargs):
         theory.length_map_path("swish", 1.0, 0.0, q1=1.0, depth=3)
     with pytest.raises(ValueError, match="sigma_w"):
         theory.length_map_path("tanh", -1.0, 0.0, q1=1.0, depth=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The chapter "Initialization": forward and backward gains of rectangular stacks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out", "glorot"])
+def test_rectangular_stack_gains(mode):
+    """The forward gain q_L/q_1 and the backward gain r_1/r_L of 20 linear layers alternating 64
+    and 256 units are the products of F_l = n_{l-1} s_l² and B_l = n_l s_l² (the chapter's
+    theorem): means over 60 networks within 3 standard errors plus 2%."""
+    rng = np.random.default_rng(0)
+    widths = [64, 256] * 10 + [64]
+    n = np.array(widths, dtype=float)
+    s2 = {"fan_in": 1 / n[:-1], "fan_out": 1 / n[1:], "glorot": 2 / (n[:-1] + n[1:])}[mode]
+    fwd, bwd = [], []
+    for _ in range(60):
+        h = rng.standard_normal((256, widths[0]))
+        weights, q = [], []
+        for n_in, n_out, var in zip(widths[:-1], widths[1:], s2, strict=True):
+            w = rng.standard_normal((n_out, n_in)) * math.sqrt(var)
+            weights.append(w)
+            h = h @ w.T
+            q.append(np.mean(h**2))
+        d = rng.standard_normal(h.shape)
+        r_last = np.mean(d**2)
+        for w in weights[:0:-1]:  # back to the output of layer 1
+            d = d @ w
+        fwd.append(q[-1] / q[0])
+        bwd.append(np.mean(d**2) / r_last)
+    predicted_fwd = np.prod(n[1:-1] * s2[1:])
+    predicted_bwd = np.prod(n[2:] * s2[1:])
+    for values, predicted in ((fwd, predicted_fwd), (bwd, predicted_bwd)):
+        se = np.std(values, ddof=1) / math.sqrt(len(values))
+        assert abs(np.mean(values) - predicted) < 3 * se + 0.02 * predicted, (np.mean(values), predicted)
+    # the ratio of the two does not depend on the initialization: n_L / n_1
+    assert predicted_bwd / predicted_fwd == pytest.approx(n[-1] / n[1])
+    if mode == "glorot":  # both vanish: a factor 4ab/(a+b)² = 0.64 per pair of layers
+        assert predicted_fwd < 0.03 and predicted_bwd < 0.01

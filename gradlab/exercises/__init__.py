@@ -12,7 +12,10 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.learning_rate`: the largest stable learning rate, Hessian-vector products
 - :mod:`.optimizers`: one Adam step ("Optimizer choice")
 - :mod:`.accumulation`: the accumulated gradient ("Gradient accumulation")
+- :mod:`.initialization`: the standard deviation of ``kaiming_normal_`` ("Initialization")
 - :mod:`.activations`: Klambauer's moment map of an arbitrary activation ("Activations")
+- :mod:`.normalization`: BatchNorm's backward pass in training mode ("Normalization")
+- :mod:`.gated_rnns`: the LSTM cell Jacobian ("Gated recurrent networks")
 - :mod:`.weight_decay`: one AdamW step ("Weight decay and spectral control")
 - :mod:`.dropout`: the variance shift in front of batch normalization ("Dropout")
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
@@ -25,22 +28,27 @@ from .clipping import check_clip_grad_norm
 from .clipping_theory import check_clipped_sgd_fixed_point
 from .distributed import check_global_norm
 from .dropout import check_variance_shift
+from .gated_rnns import check_lstm_cell_jacobian
 from .harness import CheckResult, check_function
+from .initialization import INIT_STD_NONLINEARITIES, check_init_std
 from .jacobians import check_layer_jacobian, check_scalar_chain_gradient
 from .learning_rate import check_hvp, check_max_stable_lr
 from .mean_field import CHI1_ACTIVATIONS, check_chi1
 from .mixed_precision import check_update_scale
+from .normalization import check_batchnorm_backward
 from .optimizers import check_adam_step
 from .recurrent import check_bptt_jacobian
 from .weight_decay import check_adamw_step
 
 __all__ = [
     "CHI1_ACTIVATIONS",
+    "INIT_STD_NONLINEARITIES",
     "MOMENT_MAP_ACTIVATIONS",
     "CheckResult",
     "check_accumulated_gradient",
     "check_adam_step",
     "check_adamw_step",
+    "check_batchnorm_backward",
     "check_bptt_jacobian",
     "check_chi1",
     "check_clip_grad_norm",
@@ -48,7 +56,9 @@ __all__ = [
     "check_function",
     "check_global_norm",
     "check_hvp",
+    "check_init_std",
     "check_layer_jacobian",
+    "check_lstm_cell_jacobian",
     "check_max_stable_lr",
     "check_moment_map",
     "check_scalar_chain_gradient",

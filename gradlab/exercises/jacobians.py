@@ -42,6 +42,16 @@ def _chain_with_slope(case: Case, slope: Callable[[float, float, float], float])
     return grad
 
 
+def _chain_slopes_alone(case: Case) -> float:
+    """``prod_l (1 - h_l²)``: the chain rule without the factors ``a_l``."""
+    weights, h = case.args
+    grad = 1.0
+    for a in weights:
+        h = math.tanh(a * h)
+        grad *= 1.0 - h * h
+    return grad
+
+
 CHAIN_SLIPS: Slips = {
     "the product of the weights alone: each layer also contributes tanh'(a_l h_{l-1}) = 1 - h_l²":
         lambda c: math.prod(c.args[0]),
@@ -49,6 +59,8 @@ CHAIN_SLIPS: Slips = {
     "giving 1 - h_l² with h_l its output": lambda c: _chain_with_slope(c, lambda a, hp, h: 1.0 - hp * hp),
     "1 - z² with the pre-activation z = a_l h_{l-1}: tanh'(z) = 1 - tanh(z)²":
         lambda c: _chain_with_slope(c, lambda a, hp, h: 1.0 - (a * hp) ** 2),
+    "the slopes 1 - h_l² alone: the inner derivative of a_l h_{l-1} multiplies each layer by a_l too":
+        _chain_slopes_alone,
 }
 
 
@@ -88,6 +100,14 @@ def _columns_scaled(case: Case) -> torch.Tensor | None:
     return w * _slope(case)[None, :] if w.shape[0] == w.shape[1] else None
 
 
+def _slope_of(case: Case, slope: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """``diag(slope(z)) W`` with ``z = W x + b``, for the activations whose slope it misstates."""
+    w, b, x, activation = case.args
+    if activation not in ("tanh", "sigmoid"):
+        return None
+    return slope(w @ x + b)[:, None] * w
+
+
 LAYER_SLIPS: Slips = {
     "the transpose: row i holds the derivatives of output i, so the Jacobian is (out x in)":
         lambda c: c.expected.T,
@@ -95,6 +115,11 @@ LAYER_SLIPS: Slips = {
         lambda c: c.args[0],
     "the slopes scale the columns of W: diag(phi'(z)) W scales its rows, slope[:, None] * W":
         _columns_scaled,
+    "the derivative written for the output, applied to z: tanh'(z) = 1 - tanh(z)², not 1 - z², "
+    "and sigmoid'(z) = s(z)(1 - s(z)) with s the sigmoid, not z(1 - z)":
+        lambda c: _slope_of(c, lambda z: 1 - z**2 if c.args[3] == "tanh" else z * (1 - z)),
+    "the slopes at W x without the bias: phi' is evaluated at the pre-activation W x + b":
+        lambda c: activations.derivative(c.args[3], c.args[0] @ c.args[2])[:, None] * c.args[0],
 }
 
 

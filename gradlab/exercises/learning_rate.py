@@ -3,6 +3,7 @@ Hessian-vector products."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -16,8 +17,13 @@ from .harness import Case, CheckResult, Slips, describe, run
 
 def _spd_case(g: torch.Generator, i: int) -> Case:
     """A random symmetric positive semi-definite matrix, spectrum spanning four decades; every
-    fourth one singular (a flat direction must not matter)."""
+    fourth one singular (a flat direction must not matter), and every tenth the zero matrix
+    (no direction curves: every learning rate is stable, the answer is ``math.inf``)."""
     n = int(torch.randint(1, 9, (1,), generator=g))
+    if i % 10 == 9:
+        a = torch.zeros(n, n, dtype=torch.float64)
+        return Case((a,), math.inf, describe("A = 0", A=a, λ_max=0.0),
+                    {"eigenvalues": torch.zeros(n, dtype=torch.float64)})
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
     eigenvalues = 10.0 ** torch.empty(n, dtype=torch.float64).uniform_(-2, 2, generator=g)
     if i % 4 == 3 and n > 1:
@@ -29,28 +35,46 @@ def _spd_case(g: torch.Generator, i: int) -> Case:
                 {"eigenvalues": spectrum})
 
 
+def _is_zero(case: Case) -> bool:
+    return not bool(case.args[0].any())
+
+
 def _smallest_positive(case: Case) -> float:
     eigenvalues = case.data["eigenvalues"]
     return float(eigenvalues[eigenvalues > 1e-12][0])
 
 
+def _curved(slip: Callable[[Case], float]) -> Callable[[Case], float | None]:
+    """A slip of the formula, which cannot be told apart on A = 0 (every formula divides by 0)."""
+    return lambda case: None if _is_zero(case) else slip(case)
+
+
 MAX_LR_SLIPS: Slips = {
     "1/λ_max: the threshold has a factor 2, as 1 - ηλ may reach -1":
-        lambda c: 1.0 / float(c.data["eigenvalues"][-1]),
+        _curved(lambda c: 1.0 / float(c.data["eigenvalues"][-1])),
     "2/λ_min: the smallest nonzero eigenvalue; the largest one limits the step":
-        lambda c: 2.0 / _smallest_positive(c),
-    "2/trace(A): the sum of all eigenvalues, not the largest": lambda c: 2.0 / float(c.args[0].trace()),
-    "2/max|A_ij|: a matrix entry, not an eigenvalue": lambda c: 2.0 / float(c.args[0].abs().max()),
+        _curved(lambda c: 2.0 / _smallest_positive(c)),
+    "2/trace(A): the sum of all eigenvalues, not the largest":
+        _curved(lambda c: 2.0 / float(c.args[0].trace())),
+    "2/max|A_ij|: a matrix entry, not an eigenvalue": _curved(lambda c: 2.0 / float(c.args[0].abs().max())),
+    "0 for A = 0: with no curvature gradient descent never diverges, so every learning rate is "
+    "stable; return math.inf": lambda c: 0.0 if _is_zero(c) else None,
+}
+
+MAX_LR_ERROR_HINTS = {
+    "division by zero": "A = 0 has λ_max = 0: gradient descent on it never moves, so no learning "
+    "rate diverges; return math.inf when λ_max is 0.",
 }
 
 
 def check_max_stable_lr(fn: Callable, n_cases: int = 30, seed: int = 0) -> CheckResult:
     """Check ``fn(A)`` returns ``2 / λ_max(A)``, the largest learning rate for which gradient
     descent on ``f(x) = ½ xᵀAx`` does not diverge, for random symmetric positive semi-definite
-    ``A`` (float64, sizes 1 to 8), to relative accuracy 1e-4 (power iteration is fine). A wrong
-    answer is compared with :data:`MAX_LR_SLIPS`."""
+    ``A`` (float64, sizes 1 to 8), to relative accuracy 1e-4 (power iteration is fine); for
+    ``A = 0`` (cases 10, 20, ...) no learning rate diverges and the answer is ``math.inf``. A
+    wrong answer is compared with :data:`MAX_LR_SLIPS`."""
     return run("max stable lr", fn, _spd_case, n_cases, seed, rtol=1e-4, atol=0.0, slips=MAX_LR_SLIPS,
-               reference="2/λ_max")
+               error_hints=MAX_LR_ERROR_HINTS, reference="2/λ_max (math.inf for A = 0)")
 
 
 # ---------------------------------------------------------------------------------------------

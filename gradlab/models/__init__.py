@@ -3,15 +3,20 @@
 - :mod:`~gradlab.models.mlp`: fully connected networks (:func:`mlp`, :func:`init_linear_`) and
   the book's exploding network (:func:`exploding_mlp`);
 - :mod:`~gradlab.models.rnn`: recurrent networks (:class:`VanillaRNN`, :class:`LSTM`,
-  :class:`GRU`), masks for dropout on the recurrent connection (:func:`dropout_masks`) and the
-  single-unit network of Pascanu et al. 2013 (:class:`SingleUnitRNN`,
-  :func:`single_unit_last_state`).
+  :class:`GRU`), their state Jacobians against the lag (:func:`state_jacobian_norms`), masks for
+  dropout on the recurrent connection (:func:`dropout_masks`) and the single-unit network of
+  Pascanu et al. 2013 (:class:`SingleUnitRNN`, :func:`single_unit_last_state`);
+- :mod:`~gradlab.models.transformer`: a small decoder-only transformer with Pre-LN or Post-LN
+  blocks (:class:`Transformer`, :class:`TransformerBlock`) and its loss (:func:`lm_loss`);
+- :mod:`~gradlab.models.init`: data-dependent initialization of any model's linear and
+  convolution layers (:func:`lsuv_init_`, Mishkin & Matas 2016).
 
 A new family is a new module here plus one import line below. Activations come from the one
 registry, :data:`gradlab.activations.ACTIVATIONS`, re-exported as ``models.ACTIVATIONS``.
 """
 
 from ..activations import ACTIVATIONS
+from .init import LSUV_LAYERS, lsuv_init_
 from .mlp import INITS, MLP, NORMS, Block, exploding_mlp, init_linear_, mlp
 from .rnn import (
     GRU,
@@ -21,22 +26,31 @@ from .rnn import (
     VanillaRNN,
     dropout_masks,
     single_unit_last_state,
+    state_jacobian_norms,
 )
+from .transformer import NORM_POSITIONS, Transformer, TransformerBlock, lm_loss
 
 __all__ = [
     "ACTIVATIONS",
     "GRU",
     "INITS",
+    "LSUV_LAYERS",
     "LSTM",
     "MLP",
     "NORMS",
+    "NORM_POSITIONS",
     "RNN_INITS",
     "Block",
     "SingleUnitRNN",
+    "Transformer",
+    "TransformerBlock",
     "VanillaRNN",
     "dropout_masks",
     "exploding_mlp",
     "init_linear_",
+    "lm_loss",
+    "lsuv_init_",
     "mlp",
     "single_unit_last_state",
+    "state_jacobian_norms",
 ]

@@ -4,6 +4,7 @@ interface, and the single-unit network whose loss surface has a wall (Pascanu et
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -237,12 +238,79 @@ class _GatedRNN(nn.Module):
         """``V h_T + c``, shape (batch, out_features)."""
         return self.readout(self.states(x)[:, -1])
 
+    def _gate_inputs(self, h: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W_i x_t + b_i`` and ``W_h h + b_h`` of the one-layer core, every gate stacked."""
+        if self.rnn.num_layers != 1:
+            raise ValueError(f"cell needs num_layers=1, this network has {self.rnn.num_layers}")
+        rnn = self.rnn
+        return x_t @ rnn.weight_ih_l0.T + rnn.bias_ih_l0, h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0
+
 
 class LSTM(_GatedRNN):
-    """``torch.nn.LSTM`` (Hochreiter & Schmidhuber 1997) with the :class:`VanillaRNN` interface:
-    (batch, time, in_features) -> (batch, out_features), read out from the last hidden state."""
+    """``torch.nn.LSTM`` (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al.
+    2000) with the :class:`VanillaRNN` interface: (batch, time, in_features) -> (batch,
+    out_features), read out from the last hidden state.
+
+    ``forget_bias``: if given, the forget gate's total bias starts at this value in every layer
+    (:meth:`set_forget_bias_`; Jozefowicz et al. 2015 recommend 1). ``None`` keeps PyTorch's
+    initialization, under which the forget gate starts near ``sigmoid(0) = 1/2``.
+    """
 
     _core = nn.LSTM
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_size: int,
+        out_features: int = 1,
+        *,
+        num_layers: int = 1,
+        forget_bias: float | None = None,
+    ) -> None:
+        super().__init__(in_features, hidden_size, out_features, num_layers=num_layers)
+        self.forget_bias: float | None = None
+        if forget_bias is not None:
+            self.set_forget_bias_(forget_bias)
+
+    def set_forget_bias_(self, value: float) -> LSTM:
+        """Make the forget gate's total bias ``b_if + b_hf`` equal ``value`` in every layer.
+
+        ``torch.nn.LSTM`` keeps two bias vectors per layer, ``bias_ih`` and ``bias_hh``, each of
+        length ``4 * hidden_size`` with the gates in the order input ``i``, forget ``f``, cell
+        candidate ``g``, output ``o``; the forget gate's pre-activation adds both. This sets the
+        forget slice ``[hidden_size : 2 * hidden_size]`` of ``bias_ih`` to ``value`` and the
+        same slice of ``bias_hh`` to 0, so the sum is exactly ``value``; the other gates keep
+        their biases. Returns the model.
+        """
+        value = check_real("forget_bias", value)
+        n = self.hidden_size
+        with torch.no_grad():
+            for layer in range(self.rnn.num_layers):
+                getattr(self.rnn, f"bias_ih_l{layer}")[n : 2 * n].fill_(value)
+                getattr(self.rnn, f"bias_hh_l{layer}")[n : 2 * n].zero_()
+        self.forget_bias = value
+        return self
+
+    def cell(
+        self, state: tuple[torch.Tensor, torch.Tensor], x_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step ``(h_{t-1}, c_{t-1}) -> (h_t, c_t)`` of the one-layer LSTM, written out::
+
+            i, f, g, o = sigmoid(a_i), sigmoid(a_f), tanh(a_g), sigmoid(a_o)
+            c_t = f * c_{t-1} + i * g,        h_t = o * tanh(c_t)
+
+        where ``a = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh`` is split into the four gates in
+        PyTorch's order ``i, f, g, o``. The same numbers as ``torch.nn.LSTM``, one step at a
+        time, so each ``h_t`` and ``c_t`` can be differentiated against.
+        """
+        h, c = state
+        a_x, a_h = self._gate_inputs(h, x_t)
+        a_i, a_f, a_g, a_o = (a_x + a_h).chunk(4, dim=-1)
+        c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
+        return torch.sigmoid(a_o) * torch.tanh(c), c
+
+    def extra_repr(self) -> str:
+        return f"forget_bias={self.forget_bias}" if self.forget_bias is not None else ""
 
 
 class GRU(_GatedRNN):
@@ -250,6 +318,78 @@ class GRU(_GatedRNN):
     (batch, time, in_features) -> (batch, out_features), read out from the last hidden state."""
 
     _core = nn.GRU
+
+    def cell(self, h: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """One step ``h_{t-1} -> h_t`` of the one-layer GRU, written out as PyTorch computes it::
+
+            r, z = sigmoid(a_r), sigmoid(a_z)
+            n = tanh(W_in x_t + b_in + r * (W_hn h_{t-1} + b_hn))
+            h_t = (1 - z) * n + z * h_{t-1}
+
+        with the gates in PyTorch's order ``r, z, n``. The update gate ``z`` keeps the old state;
+        the reset gate ``r`` acts after ``W_hn`` (Cho et al. apply it before).
+        """
+        a_x, a_h = self._gate_inputs(h, x_t)
+        x_r, x_z, x_n = a_x.chunk(3, dim=-1)
+        h_r, h_z, h_n = a_h.chunk(3, dim=-1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        return (1 - z) * n + z * h
+
+
+def state_jacobian_norms(
+    model: VanillaRNN | LSTM | GRU, x: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``||d h_T / d h_{T-k}||_2`` for every lag ``k = 0, ..., T``, by autograd; for an LSTM also
+    the cell path ``||d c_T / d c_{T-k}||_2``.
+
+    The network runs over ``x`` (batch, time, in_features) from the zero state, one
+    :meth:`cell` step at a time, in float64 on a copy of ``model`` (long lags reach norms below
+    float32's range). An LSTM's state is the pair ``(h_t, c_t)``, and each derivative holds the
+    other half fixed: ``d h_T / d h_t`` with ``c_t`` fixed, ``d c_T / d c_t`` with ``h_t`` fixed
+    (the diagonal blocks of the Jacobian of the pair). Autograd gets them from a zero "probe"
+    added to each state before the next step reads it; one backward pass gives every lag,
+    because the batch holds ``hidden_size`` copies of each sequence and copy ``i``
+    differentiates unit ``i`` of the last state.
+
+    Returns:
+        ``{"h": norms}`` (``"c"`` too for an LSTM): float64 tensors of shape (batch, T + 1),
+        column ``k`` for lag ``k`` (column 0 is the identity, norm 1).
+    """
+    if not isinstance(model, VanillaRNN | LSTM | GRU):
+        raise TypeError(f"model must be a VanillaRNN, LSTM or GRU, got {type(model).__name__}")
+    x = _check_sequence(x, model.in_features)
+    is_lstm = isinstance(model, LSTM)
+    model = copy.deepcopy(model).double()
+    batch, steps, n = x.shape[0], x.shape[1], model.hidden_size
+    xs = x.detach().double().repeat_interleave(n, dim=0)  # copy (b, i) differentiates unit i
+    h = c = xs.new_zeros(batch * n, n)
+    probes: dict[str, list[torch.Tensor]] = {"h": [], "c": []}
+
+    def probe(path: str, state: torch.Tensor) -> torch.Tensor:
+        p = torch.zeros_like(state, requires_grad=True)  # d(last)/dp = d(last)/d(state_t)
+        probes[path].append(p)
+        return state + p
+
+    for t in range(steps):
+        h = probe("h", h)
+        if is_lstm:
+            h, c = model.cell((h, probe("c", c)), xs[:, t])
+        else:
+            h = model.cell(h, xs[:, t])
+
+    def norms(last: torch.Tensor, path: str, retain: bool) -> torch.Tensor:
+        total = last.view(batch, n, n).diagonal(dim1=1, dim2=2).sum()
+        grads = torch.autograd.grad(total, probes[path], retain_graph=retain, allow_unused=True)
+        # grads[t][(b, i), j] = d last[b, i] / d state_t[b, j], for t = 0..T-1: lag T - t
+        jac = torch.stack([xs.new_zeros(batch * n, n) if g is None else g for g in grads])
+        out = torch.linalg.matrix_norm(jac.view(steps, batch, n, n), ord=2).flip(0).T
+        return torch.cat([out.new_ones(batch, 1), out], dim=1)
+
+    result = {"h": norms(h, "h", retain=is_lstm)}
+    if is_lstm:
+        result["c"] = norms(c, "c", retain=False)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,16 +4,20 @@ One module per topic, in the book's order: :mod:`~gradlab.theory.jacobians` (bac
 a product of Jacobians, spectral bounds, growth rates), :mod:`~gradlab.theory.mean_field`
 (signal propagation in wide random networks: length map, ``q*``, ``chi_1``, critical line),
 :mod:`~gradlab.theory.correlation` (two inputs through a wide network: the correlation map, its
-fixed point and depth scale), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
+fixed point and depth scale), :mod:`~gradlab.theory.isometry` (the whole singular-value spectrum
+of the input-output Jacobian: Gaussian against orthogonal weights, the critical line labelled by
+``q*``), :mod:`~gradlab.theory.recurrent` (backpropagation through time, the
 Pascanu bound, the single-unit cliff and its saddle-node bifurcation),
 :mod:`~gradlab.theory.clipping` (divergence of fixed-step descent on x⁴,
-the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.optimizers` (Adam's
-step bound, its size under noise, the shadow of a gradient spike, its stability threshold) and
+the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.normalization`
+(BatchNorm's gradient growth, LayerNorm's Jacobian, the Pre-LN residual stream),
+:mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under noise, the shadow of a
+gradient spike, its stability threshold),
 :mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
 and noise, the orthogonality penalty's bounds) and :mod:`~gradlab.theory.dropout` (the second
 moment of a gradient through dropout masks, the variance shift in front of batch normalization,
-the gradient's growth in a batch-normalized network with dropout). Every function that takes an ``activation``
-accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
+the gradient's growth in a batch-normalized network with dropout). Every function that takes an
+``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
 ``gl.theory.X``.
 """
 
@@ -24,6 +28,12 @@ from .dropout import (
     bn_dropout_variance_shift,
     dropout_gradient_factor,
     variance_shift,
+)
+from .isometry import (
+    critical_point,
+    input_output_jacobian,
+    jacobian_singular_values,
+    jacobian_spectrum_moments,
 )
 from .jacobians import (
     activation_derivative,
@@ -56,6 +66,12 @@ from .mean_field import (
 from .mean_field import _chi1_callable as _chi1_callable
 from .mean_field import _moment_map_callable as _moment_map_callable
 from .mean_field import _q_star_callable as _q_star_callable
+from .normalization import (
+    bn_gradient_growth,
+    norm_gradient_growth,
+    norm_jacobian_norm,
+    pre_ln_stream_bounds,
+)
 from .optimizers import (
     adam_noise_step_mean,
     adam_noise_step_rms,
@@ -105,6 +121,11 @@ __all__ = [
     "gradient_factor",
     "normalizing_sigma_w",
     "moment_map",
+    # isometry
+    "critical_point",
+    "jacobian_spectrum_moments",
+    "input_output_jacobian",
+    "jacobian_singular_values",
     # recurrent
     "bptt_jacobian",
     "bptt_jacobian_norms",
@@ -123,6 +144,11 @@ __all__ = [
     "quartic_gd_threshold",
     "quartic_clipped_steps",
     "clipped_sgd_fixed_point",
+    # normalization
+    "bn_gradient_growth",
+    "norm_gradient_growth",
+    "norm_jacobian_norm",
+    "pre_ln_stream_bounds",
     # optimizers
     "adam_step_bound",
     "adam_noise_step_mean",

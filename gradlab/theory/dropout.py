@@ -84,14 +84,15 @@ def bn_dropout_gradient_rate(activation: str, p: float) -> float:
 
         rate = E[phi'(y)²] / (Var phi(y) + p (E phi(y))²),        y ~ N(0, 1).
 
-    Backward through one layer: ``W^T`` multiplies ``E||.||²`` by ``n sigma_w²``, the mask by
-    ``1 / (1 - p)``, ``phi'`` by ``E[phi'²]``; the BN divides by its batch variance
-    ``n sigma_w² (v + p (c² + v) / (1 - p))``, the training-mode variance of its dropped inputs
-    (:func:`variance_shift`). At ``p = 0`` the rate is ``E[phi'²] / Var phi >= 1`` (the Gaussian
-    Poincaré inequality): batch normalization's own explosion, ``pi / (pi - 1)`` for ReLU.
-    Dropout adds ``p c²`` to the denominator: it lowers the rate of an activation with
-    ``c = E phi(y) != 0`` (ReLU: ``1 / (1 - (1 - p) / pi)``) and leaves a zero-mean one (tanh)
-    unchanged.
+    Backward through one layer (weights ``N(0, sigma_w² / n)``): ``W^T`` multiplies ``E||.||²`` by
+    ``sigma_w²``, the mask by ``1 / (1 - p)``, ``phi'`` by ``E[phi'²]``; the BN divides by its batch
+    variance ``sigma_w² (v + p (c² + v) / (1 - p))``, the training-mode variance of its dropped
+    inputs (:func:`variance_shift`), with ``c = E phi(y)`` and ``v = Var phi(y)``. At ``p = 0`` the
+    rate is batch normalization's own factor ``E[phi'²] / Var phi >= 1``,
+    :func:`gradlab.theory.norm_gradient_growth` (``pi / (pi - 1)`` for ReLU). Dropout adds
+    ``p c²`` to the denominator: it lowers the rate of an activation with ``c != 0`` (ReLU:
+    ``1 / (1 - (1 - p) / pi)``) and leaves a zero-mean one (tanh) unchanged. A large-batch limit:
+    at a finite batch the measured factor is a little larger.
     """
     p = check_probability("p", p)
     mean, variance, slope = _moments(activation)
