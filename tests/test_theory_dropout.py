@@ -131,9 +131,9 @@ def test_one_dropout_layer_keeps_the_mean_and_multiplies_the_second_moment():
 
 
 def _stack_ratios(ps, seeds, depth=8, width=128, batch=256):
-    """Per seed: E||dL/dW||² (per example, all weights) and E||delta_l||² with dropout over the
-    same without, the same weights, inputs and output gradient."""
-    weights, deltas = {p: [] for p in ps}, {p: [] for p in ps}
+    """Per seed: E||dL/dW||² (per example, all weights; and per layer) and E||delta_l||² with
+    dropout over the same without, the same weights, inputs and output gradient."""
+    weights, deltas, layers = {p: [] for p in ps}, {p: [] for p in ps}, {p: [] for p in ps}
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
         x, v = torch.randn(batch, width, generator=g), torch.randn(batch, width, generator=g)
@@ -146,16 +146,18 @@ def _stack_ratios(ps, seeds, depth=8, width=128, batch=256):
         for p in ps:
             weights[p].append(norms[p].weight_grads.sum(1).mean() / norms[0.0].weight_grads.sum(1).mean())
             deltas[p].append(norms[p].deltas.mean(0) / norms[0.0].deltas.mean(0))
-    return weights, deltas
+            layers[p].append(norms[p].weight_grads.mean(0) / norms[0.0].weight_grads.mean(0))
+    return weights, deltas, layers
 
 
 def test_weight_gradient_second_moment_grows_by_one_factor_per_mask():
     """E||dL/dW||² with dropout / without = (1-p)^-(L-1) at width 128, over 6 seeds (not the
     chapter's): within 3 standard errors plus 3% (the finite-width excess measured at width 32 is
     tens of percent; at width 128 it was within the noise). The input layer's delta gets the same
-    factor, and the layer below the read-out 1/(1-p)."""
+    factor, and the layer below the read-out 1/(1-p). Every layer's weight gradient on its own
+    gets (1-p)^-(L-1) too, within 3 standard errors plus 5%."""
     ps = (0.2, 0.5)
-    weights, deltas = _stack_ratios(ps, seeds=range(20, 26))
+    weights, deltas, layers = _stack_ratios(ps, seeds=range(20, 26))
     for p in ps:
         predicted = dropout_gradient_factor(p, 7)
         mean, se = mean_se(weights[p])
@@ -166,6 +168,11 @@ def test_weight_gradient_second_moment_grows_by_one_factor_per_mask():
             predicted = dropout_gradient_factor(p, masks)
             assert abs(mean - predicted) < 3 * se + 0.03 * predicted, (p, layer, mean, se)
         np.testing.assert_allclose(rows[:, -1], 1.0)  # the read-out's delta is v itself
+        per_layer = np.array(layers[p])
+        predicted = dropout_gradient_factor(p, 7)
+        for layer in range(8):
+            mean, se = mean_se(per_layer[:, layer])
+            assert abs(mean - predicted) < 3 * se + 0.05 * predicted, (p, layer, mean, se)
 
 
 def test_expected_gradient_is_unbiased_only_when_the_layers_above_the_mask_are_linear():
