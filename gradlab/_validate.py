@@ -47,6 +47,18 @@ def check_real(
     return value
 
 
+def check_probability(name: str, value: object, *, allow_one: bool = False) -> float:
+    """Return ``value`` as a float in ``[0, 1)`` (``[0, 1]`` with ``allow_one=True``).
+
+    A drop probability takes the default: at ``p = 1`` inverted dropout divides by ``1 - p = 0``.
+    """
+    value = check_real(name, value, minimum=0.0)
+    if value > 1.0 or (value == 1.0 and not allow_one):
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
+
+
 def check_choice(name: str, value: object, allowed: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``allowed``; the error lists the allowed values."""
     allowed = list(allowed)

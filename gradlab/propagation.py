@@ -1,14 +1,16 @@
 """Signals and gradients through a random network at initialization, measured: the quantities
-that the mean-field theory (:mod:`gradlab.theory.mean_field`, :mod:`gradlab.theory.correlation`)
-predicts, read off real networks built by :func:`gradlab.mlp` (the chapter "Signal propagation
-at initialization"), and those that :mod:`gradlab.theory.normalization` predicts for networks
-with BatchNorm or LayerNorm and for :class:`gradlab.models.Transformer` (the chapter
-"Normalization"). The chapters and the tests call the same functions.
+that the mean-field theory (:mod:`gradlab.theory.mean_field`, :mod:`gradlab.theory.correlation`,
+:mod:`gradlab.theory.dropout`) predicts, read off real networks built by :func:`gradlab.mlp` (the
+chapters "Signal propagation at initialization" and "Dropout"), and those that
+:mod:`gradlab.theory.normalization` predicts for networks with BatchNorm or LayerNorm and for
+:class:`gradlab.models.Transformer` (the chapter "Normalization"). The chapters and the tests call
+the same functions.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -56,6 +58,67 @@ def preactivations(net: MLP, x: torch.Tensor, grad_output: torch.Tensor | None =
         for hook in hooks:
             hook.remove()
     return outputs
+
+
+class ExampleNorms(NamedTuple):
+    """Per-example squared norms at every linear layer ``l = 1, ..., L`` of an :func:`~gradlab.mlp`
+    (input to output), for the loss ``L = sum_b <net(x)_b, v_b>``; arrays of shape (batch, L).
+
+    Attributes:
+        inputs: ``||a_{l-1}[b]||²``, the input of linear layer ``l`` (``a_0 = x``; after a
+            dropout module, the dropped and rescaled activations that the layer really received).
+        deltas: ``||dL/dz_l[b]||²``, the gradient at the layer's output ``z_l = W_l a_{l-1} + b_l``.
+    """
+
+    inputs: np.ndarray
+    deltas: np.ndarray
+
+    @property
+    def weight_grads(self) -> np.ndarray:
+        """``||dL_b/dW_l||_F²``: example ``b``'s gradient of ``W_l`` is the outer product
+        ``dL/dz_l[b] a_{l-1}[b]^T``, whose squared Frobenius norm is ``deltas * inputs``."""
+        return self.inputs * self.deltas
+
+
+def per_example_norms(net: MLP, x: torch.Tensor, grad_output: torch.Tensor) -> ExampleNorms:
+    """One forward and one backward pass of ``net`` on the batch ``x`` with the output gradient
+    ``grad_output`` (``dL/dnet(x)``, shaped like ``net(x)``), and every example's squared norms
+    at every linear layer (:class:`ExampleNorms`).
+
+    The loss ``L = sum_b <net(x)_b, grad_output_b>`` is a sum over examples, so row ``b`` of
+    ``dL/dz_l`` is example ``b``'s own gradient; in training mode each example also has its own
+    dropout masks. (A BatchNorm layer in training mode couples the examples of the batch: the
+    rows are then the rows of the batch's gradient, not separate per-example gradients.) The net
+    runs in the mode it is in (``net.train()`` or ``net.eval()``), with PyTorch's global random
+    stream for the masks.
+    """
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be a gradlab MLP (gradlab.mlp), got {type(net).__name__}")
+    x = check_tensor("x", x, ndim=2)
+    grad_output = check_tensor("grad_output", grad_output)
+    inputs: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
+
+    def keep(module, args, out):
+        inputs.append(args[0].detach())
+        out.retain_grad()
+        outputs.append(out)
+
+    hooks = [linear.register_forward_hook(keep) for linear in net.linears]
+    try:
+        y = net(x)
+        if grad_output.shape != y.shape:
+            raise ValueError(f"grad_output must have the shape of net(x), {tuple(y.shape)}, "
+                             f"got {tuple(grad_output.shape)}")
+        y.backward(grad_output)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def squares(tensors):  # float64: a 16-layer exploding network spans many decades
+        return torch.stack([t.double().pow(2).sum(dim=1) for t in tensors], dim=1).numpy()
+
+    return ExampleNorms(squares(inputs), squares([z.grad for z in outputs]))
 
 
 def _input_std(activation: str, sigma_w: float, sigma_b: float) -> float:
@@ -290,5 +353,6 @@ def ffn_weight_gradients(model: Transformer, idx: torch.Tensor, targets: torch.T
     return np.array([float(block.ffn.fc2.weight.grad.norm()) for block in model.blocks])
 
 
-__all__ = ["ffn_weight_gradients", "gradient_growth", "layer_correlations",
-           "normalized_gradient_growth", "pair_correlations", "preactivations", "residual_stream"]
+__all__ = ["ExampleNorms", "ffn_weight_gradients", "gradient_growth", "layer_correlations",
+           "normalized_gradient_growth", "pair_correlations", "per_example_norms", "preactivations",
+           "residual_stream"]

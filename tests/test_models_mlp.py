@@ -211,6 +211,11 @@ def test_mlp_rejects_bad_arguments():
         (ValueError, "residual_scale", dict(residual_scale=float("inf"))),
         (TypeError, "bias", dict(bias="no")),
         (ValueError, "bias_std", dict(bias_std=-0.1)),
+        (ValueError, "dropout", dict(dropout=1.0)),
+        (ValueError, "dropout", dict(dropout=-0.1)),
+        (ValueError, "dropout", dict(dropout=float("nan"))),
+        (TypeError, "dropout", dict(dropout="0.5")),
+        (TypeError, "dropout", dict(dropout=True)),
     ]
     for error, name, override in bad:
         kwargs = dict(depth=3, width=8) | override
@@ -241,6 +246,65 @@ def test_mlp_slices_are_mlps():
     torch.testing.assert_close(model[-1](hidden(x)), model(x))
     assert model[0] is next(iter(model))
 
+
+# ---------------------------------------------------------------------------------------------
+# dropout: nn.Dropout after every hidden activation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mlp_dropout_follows_every_hidden_activation_and_not_the_read_out():
+    model = mlp(4, 8, dropout=0.3)
+    for block in model[:-1]:
+        assert isinstance(block.dropout, nn.Dropout) and block.dropout.p == 0.3
+    assert isinstance(model[-1].dropout, nn.Identity)
+    assert all(isinstance(block.dropout, nn.Identity) for block in mlp(4, 8))  # p = 0: none
+
+
+def test_mlp_dropout_is_torch_dropout_after_the_activation():
+    """Training mode: the same draws as nn.Dropout applied by hand after each activation
+    (norm and residual included); evaluation mode: the network without dropout."""
+    for kwargs in ({}, {"norm": "layer"}, {"residual": True, "residual_scale": 0.5}):
+        torch.manual_seed(0)
+        model = mlp(4, 6, in_features=6, out_features=2, activation="tanh", dropout=0.4, **kwargs)
+        x = torch.randn(7, 6)
+        torch.manual_seed(1)
+        out = model(x)
+        torch.manual_seed(1)
+        h, drop = x, nn.Dropout(0.4)
+        for block in model[:-1]:
+            branch = drop(torch.tanh(block.norm(block.linear(h))))
+            h = h + 0.5 * branch if block.residual else branch
+        torch.testing.assert_close(out, model[-1].linear(h))
+        model.eval()
+        with torch.no_grad():
+            plain = mlp(4, 6, in_features=6, out_features=2, activation="tanh", **kwargs)
+            plain.load_state_dict(model.state_dict())
+        torch.testing.assert_close(model(x), plain(x))
+
+
+def test_mlp_dropout_keeps_the_weights_and_the_random_stream_of_the_build():
+    torch.manual_seed(3)
+    plain = mlp(3, 8, bias_std=0.1)
+    after_plain = torch.rand(2)
+    torch.manual_seed(3)
+    dropped = mlp(3, 8, bias_std=0.1, dropout=0.5)
+    assert torch.equal(torch.rand(2), after_plain)
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), dropped.parameters(), strict=True))
+
+
+def test_mlp_dropout_masks_have_the_inverted_scaling():
+    """Every hidden unit is 0 or 1/(1-p) times its value without dropout, kept with frequency
+    1 - p: over 64 x 256 units the kept fraction has standard deviation 0.003."""
+    torch.manual_seed(0)
+    model = mlp(2, 256, dropout=0.25, activation="linear", bias=False)
+    x = torch.randn(64, 256)
+    with torch.no_grad():
+        hidden = model[0](x)
+        plain = model[0].linear(x)
+    ratio = hidden[plain != 0] / plain[plain != 0]
+    kept = ratio != 0
+    torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], 1 / 0.75))
+    assert abs(float(kept.float().mean()) - 0.75) < 0.015
 
 
 
@@ -279,6 +343,15 @@ def test_exploding_mlp_deterministic_and_leaves_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.weights[0], c.weights[0])
+
+
+def test_exploding_mlp_dropout_keeps_the_weights():
+    model, dropped = exploding_mlp(seed=2), exploding_mlp(seed=2, dropout=0.5)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), dropped.parameters(), strict=True))
+    assert sum(isinstance(m, nn.Dropout) for m in dropped.modules()) == 15
+    x = torch.randn(4, 16)
+    dropped.eval()
+    torch.testing.assert_close(dropped(x), model(x))
 
 
 def test_exploding_mlp_knobs():
@@ -335,6 +408,7 @@ def test_exploding_mlp_gradient_grows_by_gain_per_layer(gain):
         ({"width": 2.0}, TypeError, "width"),
         ({"gain": -1.0}, ValueError, "gain"),
         ({"in_features": 0}, ValueError, "in_features"),
+        ({"dropout": 1.0}, ValueError, "dropout"),
     ],
 )
 def test_exploding_mlp_rejects_bad_arguments(kwargs, error, name):

@@ -15,6 +15,7 @@ from gradlab.models import (
     RNN_INITS,
     SingleUnitRNN,
     VanillaRNN,
+    dropout_masks,
     single_unit_last_state,
     state_jacobian_norms,
 )
@@ -217,6 +218,83 @@ def test_recurrent_bad_arguments():
             LSTM(2, 4)(bad)
     with pytest.raises(ValueError, match="h0"):
         model(torch.zeros(3, 5, 2), h0=torch.zeros(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout on the recurrent connection
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.5])
+def test_dropout_masks_are_torch_dropout_of_ones(p):
+    torch.manual_seed(4)
+    ours = dropout_masks(3, 5, 7, p)
+    torch.manual_seed(4)
+    reference = torch.nn.Dropout(p)(torch.ones(3, 5, 7))
+    assert torch.equal(ours, reference)
+    torch.manual_seed(4)
+    ours = dropout_masks(3, 5, 7, p, dtype=torch.float64)
+    torch.manual_seed(4)
+    assert torch.equal(ours, torch.nn.functional.dropout(torch.ones(3, 5, 7, dtype=torch.float64), p))
+
+
+def test_locked_masks_repeat_over_time_and_fresh_ones_do_not():
+    g = torch.Generator().manual_seed(0)
+    locked = dropout_masks(4, 6, 50, 0.5, locked=True, generator=g)
+    assert locked.shape == (4, 6, 50)
+    assert torch.equal(locked, locked[:, :1].expand(4, 6, 50))
+    assert not torch.equal(locked[0, 0], locked[1, 0])  # one mask per sequence
+    fresh = dropout_masks(4, 6, 50, 0.5, generator=g)
+    assert not torch.equal(fresh[:, 0], fresh[:, 1])
+    assert set(torch.unique(torch.cat([locked, fresh])).tolist()) == {0.0, 2.0}
+
+
+def test_dropout_masks_mean_one_and_generator_reproducible():
+    """Over 200 000 entries the kept fraction has standard deviation 0.001 at p = 0.3."""
+    masks = dropout_masks(100, 20, 100, 0.3, generator=torch.Generator().manual_seed(1))
+    assert abs(float((masks > 0).double().mean()) - 0.7) < 0.005
+    assert abs(float(masks.double().mean()) - 1.0) < 0.01
+    again = dropout_masks(100, 20, 100, 0.3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(masks, again)
+    torch.manual_seed(9)
+    state = torch.random.get_rng_state()
+    dropout_masks(2, 2, 2, 0.3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.random.get_rng_state(), state)  # a generator leaves the global stream
+
+
+def test_states_with_masks_drop_the_recurrent_input():
+    torch.manual_seed(0)
+    model = VanillaRNN(3, 6, activation="tanh")
+    x = torch.randn(2, 5, 3)
+    masks = dropout_masks(2, 5, 6, 0.4, generator=torch.Generator().manual_seed(2))
+    hs, preacts = model.states(x, masks=masks)
+    h = torch.zeros(2, 6)
+    for t in range(5):
+        a = (masks[:, t] * h) @ model.W.T + x[:, t] @ model.U.T + model.b
+        torch.testing.assert_close(preacts[:, t], a)
+        h = torch.tanh(a)
+        torch.testing.assert_close(hs[:, t + 1], h)
+    torch.testing.assert_close(model(x, masks=masks), model.readout(h))
+    ones = torch.ones(2, 5, 6)
+    torch.testing.assert_close(model.states(x, masks=ones)[0], model.states(x)[0])
+
+
+@pytest.mark.parametrize(("call", "error", "name"), [
+    (lambda: dropout_masks(0, 2, 2, 0.5), ValueError, "batch"),
+    (lambda: dropout_masks(1, 0, 2, 0.5), ValueError, "steps"),
+    (lambda: dropout_masks(1, 2, 2.0, 0.5), TypeError, "hidden"),
+    (lambda: dropout_masks(1, 2, 2, 1.0), ValueError, "p"),
+    (lambda: dropout_masks(1, 2, 2, -0.5), ValueError, "p"),
+    (lambda: dropout_masks(1, 2, 2, 0.5, locked=1), TypeError, "locked"),
+    (lambda: dropout_masks(1, 2, 2, 0.5, generator=0), TypeError, "generator"),
+    (lambda: dropout_masks(1, 2, 2, 0.5, dtype=torch.int64), TypeError, "dtype"),
+    (lambda: VanillaRNN(2, 4).states(torch.zeros(3, 5, 2), masks=torch.ones(3, 5, 3)), ValueError,
+     "masks"),
+    (lambda: VanillaRNN(2, 4)(torch.zeros(3, 5, 2), masks=[[1.0]]), TypeError, "masks"),
+])
+def test_dropout_masks_and_states_reject_bad_arguments(call, error, name):
+    with pytest.raises(error, match=name):
+        call()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,6 +101,47 @@ def test_pair_correlations_start_near_the_bias_share_and_are_seeded():
                                                                    pairs=16, seeds=4))
 
 
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_per_example_norms_are_the_per_example_gradients_of_autograd(norm):
+    """One forward pass in training mode (dropout masks and batch statistics shared), then each
+    example's own loss <net(x)_b, v_b> differentiated alone: its gradient of W_l has squared
+    Frobenius norm inputs[b, l] * deltas[b, l]. (With BatchNorm the examples of a batch are
+    coupled, but the gradient at z_l of the summed loss is still row by row the sum's.)"""
+    with seeded(0):
+        net = mlp(4, 12, in_features=5, out_features=3, dropout=0.4, norm=norm, bias_std=0.1)
+    x, v = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    net = net.double()
+    torch.manual_seed(1)
+    norms = propagation.per_example_norms(net, x, v)
+    assert norms.inputs.shape == norms.deltas.shape == (6, 4)
+    torch.manual_seed(1)
+    zs = propagation.preactivations(net, x, grad_output=v)
+    expected = np.stack([z.grad.pow(2).sum(1).numpy() for z in zs], axis=1)
+    np.testing.assert_allclose(norms.deltas, expected, rtol=1e-12)
+    if norm is None:  # examples independent: per-example autograd of the same forward pass
+        torch.manual_seed(1)
+        out = net(x)
+        for b in range(6):
+            grads = torch.autograd.grad(out[b] @ v[b], net.weights, retain_graph=True)
+            np.testing.assert_allclose(norms.weight_grads[b], [float(g.pow(2).sum()) for g in grads],
+                                       rtol=1e-10)
+    np.testing.assert_allclose(norms.inputs[:, 0], x.pow(2).sum(1).numpy(), rtol=1e-12)
+
+
+def test_per_example_norms_see_the_dropped_inputs():
+    """The inputs recorded after a dropout layer are the dropped and rescaled activations."""
+    with seeded(0):
+        net = mlp(2, 64, dropout=0.5, activation="linear", bias=False)
+    x = torch.randn(3, 64)
+    torch.manual_seed(0)
+    train = propagation.per_example_norms(net, x, torch.ones(3, 64))
+    net.eval()
+    plain = propagation.per_example_norms(net, x, torch.ones(3, 64))
+    np.testing.assert_allclose(train.inputs[:, 0], plain.inputs[:, 0])
+    assert not np.allclose(train.inputs[:, 1], plain.inputs[:, 1])
+    np.testing.assert_allclose(train.deltas[:, 1], plain.deltas[:, 1])  # the read-out's delta is v
+
+
 def test_normalized_gradient_growth_is_the_hand_computed_ratio():
     """One network, by hand: BatchNorm after each hidden layer, the ratios of squared gradient
     norms at consecutive hidden linear outputs, the first pair left out."""
@@ -181,6 +222,12 @@ def test_ffn_weight_gradients_are_the_fc2_gradients():
 
 
 BAD_INPUTS = [
+    (TypeError, "net", lambda: propagation.per_example_norms(torch.nn.Linear(3, 3), torch.randn(2, 3),
+                                                              torch.randn(2, 3))),
+    (ValueError, "x", lambda: propagation.per_example_norms(_net(), torch.randn(16), torch.randn(16))),
+    (TypeError, "grad_output", lambda: propagation.per_example_norms(_net(), torch.randn(2, 16), 1.0)),
+    (ValueError, "grad_output",
+     lambda: propagation.per_example_norms(_net(), torch.randn(2, 16), torch.randn(2, 3))),
     (TypeError, "net", lambda: propagation.preactivations(torch.nn.Linear(3, 3), torch.randn(2, 3))),
     (TypeError, "x", lambda: propagation.preactivations(_net(), [[1.0] * 16])),
     (ValueError, "grad_output",

@@ -73,6 +73,37 @@ def test_bptt_jacobian_norms_match_autograd(activation):
     torch.testing.assert_close(norms[1:], expected, rtol=1e-9, atol=1e-14)
 
 
+def _masked_recurrence(activation, n=5, steps=10, p=0.4, seed=0):
+    """As _recurrence, with dropout multipliers on h_{t-1}: a_t = W (d_t * h_{t-1}) + c_t."""
+    phi = ACTIVATIONS[activation].fn
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, n, generator=g, dtype=torch.float64) * 1.3 / n**0.5
+    drives = 0.5 * torch.randn(steps, n, generator=g, dtype=torch.float64)
+    masks = torch.empty(steps, n, dtype=torch.float64).bernoulli_(1 - p, generator=g) / (1 - p)
+    hs = [torch.randn(n, generator=g, dtype=torch.float64).requires_grad_(True)]
+    preacts = []
+    for c, d in zip(drives, masks, strict=True):
+        a = W @ (d * hs[-1]) + c
+        preacts.append(a)
+        hs.append(phi(a))
+    return W, torch.stack(preacts).detach(), masks, hs
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "linear"])
+def test_bptt_jacobian_with_masks_matches_autograd(activation):
+    W, preacts, masks, hs = _masked_recurrence(activation)
+    measured = _autograd_jacobians(hs)
+    for t in range(preacts.shape[0]):
+        torch.testing.assert_close(bptt_jacobian(W, preacts, activation, t, masks=masks), measured[t],
+                                   rtol=1e-10, atol=1e-12)
+    expected = torch.stack([torch.linalg.matrix_norm(j, ord=2) for j in measured[::-1]])
+    torch.testing.assert_close(bptt_jacobian_norms(W, preacts, activation, masks)[1:], expected,
+                               rtol=1e-9, atol=1e-14)
+    ones = torch.ones_like(masks)
+    torch.testing.assert_close(bptt_jacobian_norms(W, preacts, activation, ones),
+                               bptt_jacobian_norms(W, preacts, activation))
+
+
 def test_bptt_jacobian_norms_linear_are_matrix_powers():
     W, preacts, _ = _recurrence("linear", n=7, steps=25, scale=1.1, seed=2)
     torch.testing.assert_close(bptt_jacobian_norms(W, preacts, "linear"), matrix_power_norms(W, 25))
@@ -303,6 +334,9 @@ BAD_INPUTS = [
     (ValueError, "w", lambda: saddle_node_bias(1.0)),
     (TypeError, "w", lambda: saddle_node_bias("2")),
     (ValueError, "w", lambda: saddle_node_offset(0.5, 10)),
+    (ValueError, "masks", lambda: bptt_jacobian_norms(W3, torch.zeros(4, 3), "tanh", torch.ones(4, 2))),
+    (ValueError, "masks", lambda: bptt_jacobian(W3, torch.zeros(4, 3), "tanh", 0, torch.ones(3))),
+    (TypeError, "masks", lambda: bptt_jacobian_norms(W3, torch.zeros(4, 3), "tanh", [[1.0] * 3] * 4)),
     (ValueError, "steps", lambda: saddle_node_offset(2.0, 0)),
 ]
 

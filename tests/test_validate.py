@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradlab._validate import check_choice, check_int, check_real, check_tensor
+from gradlab._validate import check_choice, check_int, check_probability, check_real, check_tensor
 
 # -- check_int ---------------------------------------------------------------------------------
 
@@ -118,3 +118,28 @@ def test_check_tensor_rejects_wrong_ndim_and_shows_the_shape():
         check_tensor("matrix", torch.zeros(3), ndim=2)
     with pytest.raises(ValueError, match=r"got shape \(1, 2, 3\)"):
         check_tensor("matrix", torch.zeros(1, 2, 3), ndim=2)
+
+
+# -- check_probability -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.5, 0.999, np.float32(0.25)])
+def test_check_probability_accepts_the_half_open_interval(value):
+    out = check_probability("p", value)
+    assert out == pytest.approx(float(value)) and type(out) is float
+
+
+def test_check_probability_excludes_one_unless_allowed():
+    with pytest.raises(ValueError, match=r"^p must be in \[0, 1\), got 1.0$"):
+        check_probability("p", 1.0)
+    assert check_probability("p", 1, allow_one=True) == 1.0
+    with pytest.raises(ValueError, match=r"^p must be in \[0, 1\], got 1.5$"):
+        check_probability("p", 1.5, allow_one=True)
+
+
+@pytest.mark.parametrize(("value", "error"), [(-0.1, ValueError), (2.0, ValueError),
+                                              (float("nan"), ValueError), (float("inf"), ValueError),
+                                              ("0.5", TypeError), (True, TypeError), (None, TypeError)])
+def test_check_probability_rejects_the_rest_naming_the_argument(value, error):
+    with pytest.raises(error, match="^dropout must"):
+        check_probability("dropout", value)

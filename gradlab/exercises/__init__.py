@@ -17,6 +17,7 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.normalization`: BatchNorm's backward pass in training mode ("Normalization")
 - :mod:`.gated_rnns`: the LSTM cell Jacobian ("Gated recurrent networks")
 - :mod:`.weight_decay`: one AdamW step ("Weight decay and spectral control")
+- :mod:`.dropout`: the variance shift in front of batch normalization ("Dropout")
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
 """
@@ -26,6 +27,7 @@ from .activations import MOMENT_MAP_ACTIVATIONS, check_moment_map
 from .clipping import check_clip_grad_norm
 from .clipping_theory import check_clipped_sgd_fixed_point
 from .distributed import check_global_norm
+from .dropout import check_variance_shift
 from .gated_rnns import check_lstm_cell_jacobian
 from .harness import CheckResult, check_function
 from .initialization import INIT_STD_NONLINEARITIES, check_init_std
@@ -61,4 +63,5 @@ __all__ = [
     "check_moment_map",
     "check_scalar_chain_gradient",
     "check_update_scale",
+    "check_variance_shift",
 ]

@@ -3,9 +3,9 @@
 - :mod:`~gradlab.models.mlp`: fully connected networks (:func:`mlp`, :func:`init_linear_`) and
   the book's exploding network (:func:`exploding_mlp`);
 - :mod:`~gradlab.models.rnn`: recurrent networks (:class:`VanillaRNN`, :class:`LSTM`,
-  :class:`GRU`), their state Jacobians against the lag (:func:`state_jacobian_norms`) and
-  the single-unit network of Pascanu et al. 2013 (:class:`SingleUnitRNN`,
-  :func:`single_unit_last_state`);
+  :class:`GRU`), their state Jacobians against the lag (:func:`state_jacobian_norms`), masks for
+  dropout on the recurrent connection (:func:`dropout_masks`) and the single-unit network of
+  Pascanu et al. 2013 (:class:`SingleUnitRNN`, :func:`single_unit_last_state`);
 - :mod:`~gradlab.models.transformer`: a small decoder-only transformer with Pre-LN or Post-LN
   blocks (:class:`Transformer`, :class:`TransformerBlock`) and its loss (:func:`lm_loss`);
 - :mod:`~gradlab.models.init`: data-dependent initialization of any model's linear and
@@ -24,6 +24,7 @@ from .rnn import (
     RNN_INITS,
     SingleUnitRNN,
     VanillaRNN,
+    dropout_masks,
     single_unit_last_state,
     state_jacobian_norms,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Transformer",
     "TransformerBlock",
     "VanillaRNN",
+    "dropout_masks",
     "exploding_mlp",
     "init_linear_",
     "lm_loss",

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from .._validate import check_choice, check_int, check_real
+from .._validate import check_choice, check_int, check_probability, check_real
 from ..activations import ACTIVATIONS
 from ..utils import seeded
 
@@ -55,10 +55,11 @@ def init_linear_(
 
 
 class Block(nn.Module):
-    """One layer of an :func:`mlp`: ``linear -> norm -> activation``, optionally residual.
+    """One layer of an :func:`mlp`: ``linear -> norm -> activation -> dropout``, optionally
+    residual.
 
     With ``residual=True`` the block returns ``x + residual_scale * f(x)``, which needs equal
-    input and output widths.
+    input and output widths; the dropout is then on the branch ``f``, not on the skip.
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class Block(nn.Module):
         activation: nn.Module | None = None,
         residual: bool = False,
         residual_scale: float = 1.0,
+        dropout: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if residual and linear.in_features != linear.out_features:
@@ -78,11 +80,12 @@ class Block(nn.Module):
         self.linear = linear
         self.norm = norm if norm is not None else nn.Identity()
         self.activation = activation if activation is not None else nn.Identity()
+        self.dropout = dropout if dropout is not None else nn.Identity()
         self.residual = residual
         self.residual_scale = residual_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.activation(self.norm(self.linear(x)))
+        out = self.dropout(self.activation(self.norm(self.linear(x))))
         return x + self.residual_scale * out if self.residual else out
 
     def extra_repr(self) -> str:
@@ -133,13 +136,14 @@ def mlp(
     residual_scale: float = 1.0,
     bias: bool = True,
     bias_std: float = 0.0,
+    dropout: float = 0.0,
 ) -> MLP:
     """Build a fully connected network with ``depth`` linear layers.
 
     Layer ``i`` maps ``d_i -> d_{i+1}`` with ``d_0 = in_features`` (default ``width``),
     ``d_1 = ... = d_{depth-1} = width`` and ``d_depth = out_features`` (default ``width``).
-    Every layer but the last is ``linear -> norm -> activation``; the last is a plain linear
-    read-out, so ``depth=1`` is a linear model.
+    Every layer but the last is ``linear -> norm -> activation -> dropout``; the last is a plain
+    linear read-out, so ``depth=1`` is a linear model.
 
     Args:
         depth: number of linear layers, at least 1.
@@ -153,6 +157,10 @@ def mlp(
         residual_scale: the branch multiplier of residual layers.
         bias: give the linear layers biases.
         bias_std: biases are drawn from N(0, bias_std²) (zero by default).
+        dropout: the drop probability ``p`` of an ``nn.Dropout(p)`` after every hidden
+            activation (none for ``p = 0``). In training mode it zeroes each unit with
+            probability ``p`` and multiplies the kept ones by ``1 / (1 - p)`` (inverted dropout);
+            in eval mode it is the identity. ``0 <= p < 1``: at ``p = 1`` every unit is dropped.
     """
     depth = check_int("depth", depth, minimum=1)
     width = check_int("width", width, minimum=1)
@@ -171,6 +179,7 @@ def mlp(
     if not isinstance(bias, bool):
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     bias_std = check_real("bias_std", bias_std, minimum=0.0)
+    dropout = check_probability("dropout", dropout)
 
     dims = [in_features] + [width] * (depth - 1) + [out_features]
     blocks = []
@@ -187,6 +196,7 @@ def mlp(
                 activation=ACTIVATIONS[activation].module(),
                 residual=residual and dims[i] == dims[i + 1],
                 residual_scale=residual_scale,
+                dropout=nn.Dropout(dropout) if dropout > 0 else None,
             )
         )
     return MLP(blocks, activation, init, gain)
@@ -200,6 +210,7 @@ def exploding_mlp(
     out_features: int = 1,
     gain: float = 1.4,
     seed: int = 0,
+    dropout: float = 0.0,
 ) -> MLP:
     """The book's exploding network: ``depth`` ReLU layers of width ``width``, He init times ``gain``.
 
@@ -218,11 +229,13 @@ def exploding_mlp(
     :func:`gradlab.utils.seeded`, so the same arguments give the same network and the caller's
     random state is left untouched. ``exploding_mlp(seed=s)`` equals ``torch.manual_seed(s)``
     followed by ``mlp(depth, width, in_features=in_features, out_features=out_features,
-    activation="relu", init="he", gain=gain)``.
+    activation="relu", init="he", gain=gain)``. ``dropout=p`` adds ``nn.Dropout(p)`` after every
+    hidden activation (see :func:`mlp`) and leaves the weights as they are: the same seed gives
+    the same weights for every ``p``.
     """
     seed = check_int("seed", seed, minimum=0)
     with seeded(seed):
         return mlp(
             depth, width, in_features=in_features, out_features=out_features,
-            activation="relu", init="he", gain=gain,
+            activation="relu", init="he", gain=gain, dropout=dropout,
         )

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .._validate import check_choice, check_int, check_real
+from .._validate import check_choice, check_int, check_probability, check_real
 from ..activations import ACTIVATIONS
 
 RNN_INITS = ("gaussian", "orthogonal", "identity")
@@ -120,15 +120,20 @@ class VanillaRNN(nn.Module):
         return self._phi(a + self.b if self.b is not None else a)
 
     def states(
-        self, x: torch.Tensor, h0: torch.Tensor | None = None
+        self, x: torch.Tensor, h0: torch.Tensor | None = None, masks: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the cell over ``x`` (batch, time, in_features).
 
         Returns ``(hs, preacts)``: ``hs`` of shape (batch, time + 1, hidden) holds
         ``h_0, ..., h_T`` and ``preacts`` of shape (batch, time, hidden) holds ``a_1, ..., a_T``.
         Both stay in the autograd graph, so ``hs[:, t]`` can be differentiated against.
+
+        ``masks`` (batch, time, hidden), e.g. from :func:`dropout_masks`, applies dropout to the
+        recurrent connection: ``a_t = W (d_t * h_{t-1}) + U x_t + b`` with ``d_t = masks[:, t-1]``.
         """
         x = _check_sequence(x, self.in_features)
+        if masks is not None:
+            masks = _check_masks(masks, (x.shape[0], x.shape[1], self.hidden_size))
         if h0 is None:
             h = x.new_zeros(x.shape[0], self.hidden_size)
         else:
@@ -144,15 +149,17 @@ class VanillaRNN(nn.Module):
         w_t = self.W.T
         hs, preacts = [h], []
         for t in range(x.shape[1]):
-            a = h @ w_t + inputs[:, t]
+            a = (h if masks is None else masks[:, t] * h) @ w_t + inputs[:, t]
             h = self._phi(a)
             preacts.append(a)
             hs.append(h)
         return torch.stack(hs, dim=1), torch.stack(preacts, dim=1)
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-        """``V h_T + c``, shape (batch, out_features)."""
-        hs, _ = self.states(x, h0)
+    def forward(
+        self, x: torch.Tensor, h0: torch.Tensor | None = None, masks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``V h_T + c``, shape (batch, out_features); ``masks`` as in :meth:`states`."""
+        hs, _ = self.states(x, h0, masks)
         return self.readout(hs[:, -1])
 
     def extra_repr(self) -> str:
@@ -160,6 +167,50 @@ class VanillaRNN(nn.Module):
             f"in_features={self.in_features}, hidden_size={self.hidden_size}, "
             f"activation={self.activation!r}, init={self.init!r}"
         )
+
+
+def _check_masks(masks: object, shape: tuple[int, int, int]) -> torch.Tensor:
+    if not isinstance(masks, torch.Tensor):
+        raise TypeError(f"masks must be a torch.Tensor or None, got {type(masks).__name__}")
+    if tuple(masks.shape) != shape:
+        raise ValueError(f"masks must have shape (batch, time, hidden) = {shape}, got "
+                         f"{tuple(masks.shape)}")
+    return masks
+
+
+def dropout_masks(
+    batch: int,
+    steps: int,
+    hidden: int,
+    p: float,
+    *,
+    locked: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Inverted-dropout multipliers ``d = m / (1 - p)``, ``m ~ Bernoulli(1 - p)``, of shape
+    (batch, steps, hidden), for :meth:`VanillaRNN.states`.
+
+    ``locked=False`` draws a fresh mask for every step (dropout applied naively at each step);
+    ``locked=True`` draws one mask per sequence and repeats it at every step, the variational
+    dropout of Gal & Ghahramani (2016) (PyTorch-NLP's and AWD-LSTM's "locked dropout").
+    Without ``generator`` the draw uses PyTorch's global stream exactly as ``torch.nn.Dropout(p)``
+    does: after the same ``torch.manual_seed``, ``dropout_masks(b, t, n, p)`` equals
+    ``nn.Dropout(p)(torch.ones(b, t, n))``.
+    """
+    batch = check_int("batch", batch, minimum=1)
+    steps = check_int("steps", steps, minimum=1)
+    hidden = check_int("hidden", hidden, minimum=1)
+    p = check_probability("p", p)
+    if not isinstance(locked, bool):
+        raise TypeError(f"locked must be a bool, got {type(locked).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    drawn = torch.empty(batch, 1 if locked else steps, hidden, dtype=dtype)
+    drawn.bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
+    return drawn.expand(batch, steps, hidden).clone() if locked else drawn
 
 
 class _GatedRNN(nn.Module):

@@ -12,15 +12,23 @@ Pascanu bound, the single-unit cliff and its saddle-node bifurcation),
 the clipped walk, the fixed point of clipped SGD), :mod:`~gradlab.theory.normalization`
 (BatchNorm's gradient growth, LayerNorm's Jacobian, the Pre-LN residual stream),
 :mod:`~gradlab.theory.optimizers` (Adam's step bound, its size under noise, the shadow of a
-gradient spike, its stability threshold) and
+gradient spike, its stability threshold),
 :mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
-and noise, the orthogonality penalty's bounds). Every function that takes an ``activation``
-accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
+and noise, the orthogonality penalty's bounds) and :mod:`~gradlab.theory.dropout` (the second
+moment of a gradient through dropout masks, the variance shift in front of batch normalization,
+the gradient's growth in a batch-normalized network with dropout). Every function that takes an
+``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
 ``gl.theory.X``.
 """
 
 from .clipping import clipped_sgd_fixed_point, quartic_clipped_steps, quartic_gd_threshold
 from .correlation import c_star, correlation_depth_scale, correlation_map, correlation_slope
+from .dropout import (
+    bn_dropout_gradient_rate,
+    bn_dropout_variance_shift,
+    dropout_gradient_factor,
+    variance_shift,
+)
 from .isometry import (
     critical_point,
     input_output_jacobian,
@@ -152,4 +160,9 @@ __all__ = [
     "adamw_weight_bound",
     "noise_equilibrium_rms",
     "penalty_singular_value_bounds",
+    # dropout
+    "dropout_gradient_factor",
+    "variance_shift",
+    "bn_dropout_variance_shift",
+    "bn_dropout_gradient_rate",
 ]

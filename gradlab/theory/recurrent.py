@@ -24,15 +24,35 @@ def _check_recurrence(W: torch.Tensor, preacts: torch.Tensor) -> tuple[torch.Ten
     return W, preacts
 
 
-def bptt_jacobian(W: torch.Tensor, preacts: torch.Tensor, activation: str, t: int = 0) -> torch.Tensor:
+def _check_masks(masks: torch.Tensor | None, preacts: torch.Tensor) -> torch.Tensor | None:
+    if masks is None:
+        return None
+    masks = check_tensor("masks", masks, ndim=2).detach().double()
+    if masks.shape != preacts.shape:
+        raise ValueError(f"masks must have the shape of preacts, {tuple(preacts.shape)}, got "
+                         f"{tuple(masks.shape)}")
+    return masks
+
+
+def _step(W: torch.Tensor, slopes: torch.Tensor, masks: torch.Tensor | None, k: int) -> torch.Tensor:
+    """``d h_k / d h_{k-1} = diag(phi'(a_k)) W diag(d_k)`` (``a_k`` and ``d_k`` are row k - 1)."""
+    factor = slopes[k - 1][:, None] * W
+    return factor if masks is None else factor * masks[k - 1][None, :]
+
+
+def bptt_jacobian(W: torch.Tensor, preacts: torch.Tensor, activation: str, t: int = 0,
+                  masks: torch.Tensor | None = None) -> torch.Tensor:
     """``d h_T / d h_t = prod_{k=t+1}^{T} diag(phi'(a_k)) W`` (later factors on the left).
 
     For the recurrence ``h_k = phi(a_k)``, ``a_k = W h_{k-1} + U x_k + b``, with
     ``preacts`` holding ``a_1, ..., a_T`` as rows (shape ``T x n``) and ``phi`` any activation
     of :data:`gradlab.activations.ACTIVATIONS`. ``t = T`` gives the identity. Returned as an
-    ``n x n`` float64 tensor.
+    ``n x n`` float64 tensor. With dropout on the recurrent connection,
+    ``a_k = W (d_k * h_{k-1}) + U x_k + b``, pass the multipliers ``d_1, ..., d_T`` as the rows
+    of ``masks`` (``T x n``); each factor becomes ``diag(phi'(a_k)) W diag(d_k)``.
     """
     W, preacts = _check_recurrence(W, preacts)
+    masks = _check_masks(masks, preacts)
     act = get_activation(activation)
     T = preacts.shape[0]
     t = check_int("t", t, minimum=0)
@@ -40,24 +60,27 @@ def bptt_jacobian(W: torch.Tensor, preacts: torch.Tensor, activation: str, t: in
         raise ValueError(f"t must be <= T = {T} (the number of rows of preacts), got {t}")
     slopes = act.derivative(preacts)
     jacobian = torch.eye(W.shape[0], dtype=torch.float64)
-    for k in range(t + 1, T + 1):  # a_k is row k - 1
-        jacobian = (slopes[k - 1][:, None] * W) @ jacobian
+    for k in range(t + 1, T + 1):
+        jacobian = _step(W, slopes, masks, k) @ jacobian
     return jacobian
 
 
-def bptt_jacobian_norms(W: torch.Tensor, preacts: torch.Tensor, activation: str) -> torch.Tensor:
+def bptt_jacobian_norms(W: torch.Tensor, preacts: torch.Tensor, activation: str,
+                        masks: torch.Tensor | None = None) -> torch.Tensor:
     """``||d h_T / d h_{T-k}||_2`` for every lag ``k = 0, ..., T`` (a float64 tensor of T + 1).
 
     The product is built from the end backwards,
     ``d h_T / d h_{t-1} = (d h_T / d h_t) diag(phi'(a_t)) W``, so all lags cost ``T`` matrix
     products. For ``activation="linear"`` every slope is 1 and the entries are ``||W^k||_2``.
+    ``masks`` as in :func:`bptt_jacobian`.
     """
     W, preacts = _check_recurrence(W, preacts)
+    masks = _check_masks(masks, preacts)
     slopes = get_activation(activation).derivative(preacts)
     jacobian = torch.eye(W.shape[0], dtype=torch.float64)
     norms = [torch.linalg.matrix_norm(jacobian, ord=2)]
     for k in range(preacts.shape[0], 0, -1):
-        jacobian = jacobian @ (slopes[k - 1][:, None] * W)
+        jacobian = jacobian @ _step(W, slopes, masks, k)
         norms.append(torch.linalg.matrix_norm(jacobian, ord=2))
     return torch.stack(norms)
 
