@@ -44,7 +44,7 @@ import html
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -482,10 +482,20 @@ class _Probe:
         return None
 
 
-def _trend(norms: list[float]) -> tuple[float, float] | None:
-    """(growth from the last position to the first, per position) of a least-squares line
-    through ``log norms``; ``None`` with fewer than :data:`MIN_TREND_POINTS` usable norms."""
-    y = np.asarray(norms, float)
+def gradient_growth(norms: Sequence[float] | np.ndarray) -> tuple[float, float] | None:
+    """How much ``norms`` grow from the last position to the first, on a least-squares line.
+
+    With ``i = 0 .. n-1`` the positions (layers in execution order, or calls of a recurrent cell)
+    and ``slope`` that of the least-squares line through ``(i, log norms[i])``, returns
+    ``(G, g) = (exp(-slope * span), exp(-slope))``, ``span`` the distance between the first and
+    the last usable position: ``G > 1`` when the norms grow toward the first position (toward the
+    input: exploding), ``G < 1`` when they shrink (vanishing); ``g`` is the factor per position.
+    Zero and non-finite norms are left out; ``None`` when fewer than :data:`MIN_TREND_POINTS`
+    remain. On an exact geometric sequence ``norms[i] = c r^(n-1-i)`` it returns ``(r^(n-1), r)``.
+    """
+    y = np.asarray(norms, dtype=float)
+    if y.ndim != 1:
+        raise ValueError(f"norms must be a 1-D sequence, got shape {y.shape}")
     x = np.arange(len(y), dtype=float)
     keep = np.isfinite(y) & (y > 0)
     if keep.sum() < MIN_TREND_POINTS:
@@ -496,7 +506,7 @@ def _trend(norms: list[float]) -> tuple[float, float] | None:
 
 
 def _growth_finding(where: str, norms: list[float], what: str, through_time: bool) -> Finding | None:
-    fit = _trend(norms)
+    fit = gradient_growth(norms)
     if fit is None:
         return None
     growth, per_step = fit
@@ -767,7 +777,7 @@ def _forward(model: nn.Module, loss_fn: Callable, x: Any, y: Any) -> torch.Tenso
     return loss.reshape(())
 
 
-__all__ = ["CHAPTERS", "SEVERITIES", "ActivationSite", "Finding", "Report", "doctor"]
+__all__ = ["CHAPTERS", "SEVERITIES", "ActivationSite", "Finding", "Report", "doctor", "gradient_growth"]
 
 # ``gl.doctor`` is the function; its report and finding types travel with it.
 doctor.Report = Report  # type: ignore[attr-defined]

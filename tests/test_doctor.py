@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradlab as gl
-from gradlab.doctor import GROWTH_ERROR, GROWTH_INFO, GROWTH_WARNING, RAIL_SLOPE, Finding, Report, _trend
+from gradlab.doctor import GROWTH_ERROR, GROWTH_INFO, GROWTH_WARNING, RAIL_SLOPE, Finding, Report, gradient_growth
 from gradlab.models import zoo
 
 
@@ -157,10 +157,15 @@ def test_update_ratios_equal_a_manual_step():
 
 
 def test_trend_fit_is_exact_on_a_geometric_sequence():
-    growth, per_step = _trend([1.5 ** (9 - i) for i in range(10)])
+    growth, per_step = gradient_growth([1.5 ** (9 - i) for i in range(10)])
     assert math.isclose(per_step, 1.5, rel_tol=1e-9)
     assert math.isclose(growth, 1.5 ** 9, rel_tol=1e-9)
-    assert _trend([1.0, 2.0]) is None
+    # zeros and NaN are left out, and the span is that of the usable positions
+    growth, _ = gradient_growth([0.0, 8.0, math.nan, 2.0, 1.0, 0.5])
+    assert math.isclose(growth, 16.0, rel_tol=1e-9)
+    assert gradient_growth([1.0, 2.0]) is None
+    with pytest.raises(ValueError, match="norms must be a 1-D"):
+        gradient_growth(np.ones((2, 3)))
 
 
 def test_dead_units_seen_through_an_inplace_relu_and_a_functional_tanh_saturation():
