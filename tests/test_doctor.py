@@ -14,7 +14,15 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradlab as gl
-from gradlab.doctor import GROWTH_ERROR, GROWTH_INFO, GROWTH_WARNING, RAIL_SLOPE, Finding, Report, gradient_growth
+from gradlab.doctor import (
+    GROWTH_ERROR,
+    GROWTH_INFO,
+    GROWTH_WARNING,
+    RAIL_SLOPE,
+    Finding,
+    Report,
+    gradient_growth,
+)
 from gradlab.models import zoo
 
 
