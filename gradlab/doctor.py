@@ -84,9 +84,11 @@ largest slope (tanh: ``|tanh(a)| > 0.995``, ``|a| > 3.0``; sigmoid: ``|a| > 6.0`
 SATURATION_INFO, SATURATION_WARNING, SATURATION_ERROR = 0.05, 0.25, 0.5
 """Fraction of a tanh/sigmoid's inputs at the rails reported as info, warning, error."""
 
-DEAD_WARNING, DEAD_ERROR = 0.1, 0.5
+DEAD_WARNING, DEAD_ERROR = 0.5, 0.9
 """Fraction of a ReLU-family activation's units never active reported as warning, error (any
-dead unit below that is info)."""
+dead unit below that is info). High, because deep narrow ReLU networks have many units that are
+inactive on a whole batch already at a critical initialization: their inputs grow more
+correlated with depth, so a unit tends to be on for every input or for none."""
 
 MIN_DEAD_SAMPLES = 16
 """Samples per unit needed to call a unit dead: a unit with a symmetric input is inactive on

@@ -119,7 +119,7 @@ def broken(seed: int = 0) -> list[Patient]:
     - ``sqrt_at_zero``: a ``sqrt`` after a ReLU: finite forward, ``inf * 0`` backward;
     - ``layer_lr_too_high``: Adam with learning rate 1 on one layer (1e-3 on the others);
     - ``saturated_tanh``: a tanh network whose second layer's weights are 8 times Xavier's;
-    - ``dead_relu``: a ReLU network whose second layer has bias -10 on half of its units.
+    - ``dead_relu``: a ReLU network whose second layer has bias -10 on 48 of its 64 units.
     """
     seed = check_int("seed", seed, minimum=0)
     patients = []
@@ -179,8 +179,8 @@ def broken(seed: int = 0) -> list[Patient]:
 
         model = mlp(4, 64, in_features=16, out_features=1)
         with torch.no_grad():
-            model[1].linear.bias[:32] = -10.0
-        add(Patient("dead_relu", "ReLU network, bias -10 on half of layer 1's units", model, mse,
+            model[1].linear.bias[:48] = -10.0
+        add(Patient("dead_relu", "ReLU network, bias -10 on 48 of layer 1's 64 units", model, mse,
                     _regression(64, 16, seed), _adam(model), "dead_units", "1.activation", "activations"))
     return patients
 
