@@ -242,11 +242,11 @@ def float16_overflow_layer(model: nn.Module, x: torch.Tensor) -> str:
     """The first linear layer of ``model`` (an :class:`~gradlab.models.MLP`) whose output,
     computed in float32, passes the largest float16: where a float16 forward pass overflows."""
     h = x.float()
-    for name, block in copy.deepcopy(model).float().named_children():
-        u = block.linear(h)
-        if u.abs().max() > FLOAT16_MAX:
-            return f"{name}.linear"
-        h = block(h)
+    with torch.no_grad():
+        for name, block in copy.deepcopy(model).float().named_children():
+            if block.linear(h).abs().max() > FLOAT16_MAX:
+                return f"{name}.linear"
+            h = block(h)
     raise ValueError("no layer of model overflows float16 on x")
 
 
