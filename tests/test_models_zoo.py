@@ -39,6 +39,10 @@ def test_float16_overflow_layer_is_the_first_linear_output_above_65504():
     assert peaks[k] > zoo.FLOAT16_MAX >= max(peaks[:k])
     with pytest.raises(ValueError, match="no layer"):
         zoo.float16_overflow_layer(model, x / 1000)
+    with pytest.raises(TypeError, match="model must be a gradlab.models.MLP"):
+        zoo.float16_overflow_layer(torch.nn.Linear(16, 1), x)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        zoo.float16_overflow_layer(model, x.numpy())
 
 
 def test_sqrt_module_is_torch_sqrt():

@@ -19,10 +19,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import data
-from .._validate import check_int
+from .._validate import check_int, check_tensor
 from ..theory.recurrent import cliff_bias
 from ..utils import seeded
-from .mlp import exploding_mlp, mlp
+from .mlp import MLP, exploding_mlp, mlp
 from .rnn import LSTM, SingleUnitRNN, VanillaRNN
 from .transformer import Transformer, lm_loss
 
@@ -241,7 +241,9 @@ def _adding(n: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 def float16_overflow_layer(model: nn.Module, x: torch.Tensor) -> str:
     """The first linear layer of ``model`` (an :class:`~gradlab.models.MLP`) whose output,
     computed in float32, passes the largest float16: where a float16 forward pass overflows."""
-    h = x.float()
+    if not isinstance(model, MLP):
+        raise TypeError(f"model must be a gradlab.models.MLP, got {type(model).__name__}")
+    h = check_tensor("x", x).float()
     with torch.no_grad():
         for name, block in copy.deepcopy(model).float().named_children():
             if block.linear(h).abs().max() > FLOAT16_MAX:
