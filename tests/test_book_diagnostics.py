@@ -2,7 +2,8 @@
 of a default-initialized ReLU MLP shrinks by 1/sqrt(6) per layer toward the input; a six-layer
 one already shrinks it past the doctor's warning threshold; the doctor finds the exploding
 network at every seed and warns about no dead units in the critical He network; and it sees a
-vanishing gradient through time in a written-out RNN cell but not inside the fused nn.RNN."""
+vanishing gradient through time in a written-out RNN cell but not inside the fused nn.RNN; on
+the cliff it measures the factor s = w (1 - h0²) per step back through time."""
 
 import math
 
@@ -88,3 +89,13 @@ def test_fused_rnn_hides_what_the_written_out_cell_shows(seed):
     assert math.isclose(written.losses[0], hidden.losses[0], rel_tol=1e-5)
     assert [f.kind for f in written.findings if f.level > 0] == ["vanishing_gradient"]
     assert hidden.findings == []
+
+
+def test_the_cliff_gradient_grows_by_s_per_step_back_through_time():
+    """On the wall at w = 2, h0 = 1/2 the doctor's fitted factor per step is s = w (1 - h0²) = 1.5."""
+    w, h0 = 2.0, 0.5
+    model = gl.models.SingleUnitRNN(w, gl.theory.cliff_bias(w, h0), h0=h0, steps=50)
+    batch = (torch.tensor([h0], dtype=torch.float64), torch.tensor([-0.5], dtype=torch.float64))
+    (finding,) = gl.doctor(model, MSE, batch).of_kind("exploding_gradient")
+    assert finding.where == "(model)"
+    assert math.isclose(finding.values["per_step"], w * (1 - h0**2), rel_tol=1e-3)
