@@ -1,5 +1,5 @@
-"""Benchmark: each chapter's execution time, the warm site rebuild, the test suite's time, and
-gradlab's overheads.
+"""Benchmark: each chapter's execution time, the warm site rebuild, the test suite's time,
+gradlab's overheads, and ``gl.doctor``'s run time.
 
 Run with ``make bench``. Prints a table; nothing here is a pass/fail test.
 """
