@@ -62,6 +62,11 @@ def test_exploding_network_found_and_critical_one_without_warning(seed):
     critical = gl.doctor(gl.models.exploding_mlp(gain=1.0, seed=seed), MSE, (x, y))
     assert critical.ok, str(critical)
     assert max(s.dead for s in critical.activations) > 0.1  # the dead units the chapter notes
+    net = gl.models.exploding_mlp(gain=1.0, seed=seed)
+    with torch.no_grad():
+        first, last = (nn.functional.normalize(net[:k](x), dim=1) for k in (1, 15))
+    off = ~torch.eye(len(x), dtype=torch.bool)
+    assert (last @ last.T)[off].mean() > (first @ first.T)[off].mean() + 0.2  # more alike with depth
 
 
 @pytest.mark.parametrize("seed", range(3))

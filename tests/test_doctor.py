@@ -69,6 +69,16 @@ def test_zoo_counts(broken_reports, healthy_reports, capsys):
     assert false_alarms == 0
 
 
+def test_the_healthy_rnn_over_twenty_steps_gets_a_vanishing_warning():
+    """zoo.healthy's tanh RNN runs 10 steps; over 20 its gradient shrinks back through time past
+    the warning threshold, as the zoo's docstring says."""
+    with gl.utils.seeded(0):
+        model = gl.models.VanillaRNN(2, 32, init="orthogonal")
+    x, y = gl.data.adding_problem(64, 20, seed=0)
+    report = gl.doctor(model, F.mse_loss, (x, y.reshape(-1, 1)))
+    assert [(f.kind, f.where) for f in report.findings if f.level > 0] == [("vanishing_gradient", "(model)")]
+
+
 def test_kinds_cover_the_issue(broken_reports):
     kinds = {p.expected for p, _ in broken_reports.values()}
     assert kinds >= {"exploding_gradient", "vanishing_gradient", "non_finite", "update_ratio",
