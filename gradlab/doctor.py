@@ -35,6 +35,11 @@ What is measured, and the thresholds (module constants, so a reader can see and 
 Activations are seen wherever they are applied, as modules or as functions (``torch.tanh`` in a
 recurrent cell), through a ``torch.overrides.TorchFunctionMode`` active during the forward pass.
 A fused kernel (``nn.LSTM``, ``nn.RNN``) is one call: the doctor cannot look inside it.
+
+The trend compares norms of tensors of different sizes. Averaging ``k`` positions (average
+pooling, a mean over time) hands each of them ``1/k`` of the gradient, which divides the norm by
+``sqrt(k)``: a convolutional network with global average pooling over many positions shows a
+shrinkage toward the input that is the pooling's, not a vanishing gradient.
 """
 
 from __future__ import annotations
