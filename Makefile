@@ -55,7 +55,8 @@ chapters: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab book/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-## make bench: chapter times, warm site rebuild, test-suite time, monitor and clipping overheads.
+## make bench: chapter times, warm site rebuild, test-suite time, monitor and clipping overheads,
+## gl.doctor's run time.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 

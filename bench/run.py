@@ -1,5 +1,5 @@
-"""Benchmark: each chapter's execution time, the warm site rebuild, the test suite's time, and
-gradlab's overheads.
+"""Benchmark: each chapter's execution time, the warm site rebuild, the test suite's time,
+gradlab's overheads, and ``gl.doctor``'s run time.
 
 Run with ``make bench``. Prints a table; nothing here is a pass/fail test.
 """
@@ -113,6 +113,50 @@ def clip_overhead(n_tensors: int = 200, total: int = 10_000_000) -> tuple[float,
     return theirs, ours / theirs
 
 
+def doctor_times(rounds: int = 5) -> list[tuple[str, float, float]]:
+    """(model, median seconds of ``gl.doctor(..., steps=3)``, ratio to 3 plain training steps).
+
+    One intra-op thread. The bench MLP is the monitor's (20 x 256, batch 128, Adam); the
+    transformer is the book's ``gl.models.Transformer`` with its defaults (4 Pre-LN blocks of
+    width 64, context 64), vocabulary 65, batch 16, Adam. The doctor deep-copies the model and
+    optimizer and runs 3 monitored, hooked passes; the plain steps are the same passes without
+    the doctor.
+    """
+    import gradlab as gl
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gl.seed_everything(0)
+        mlp = gl.mlp(20, 256)
+        transformer = gl.models.Transformer(65)
+        tokens = torch.randint(0, 65, (16, 65))
+        cases = [
+            ("bench MLP (20 x 256, batch 128)", mlp, torch.nn.functional.mse_loss,
+             (torch.randn(128, 256), torch.randn(128, 256))),
+            ("gl.models.Transformer (4 x 64, batch 16 x 64)", transformer, gl.models.lm_loss,
+             (tokens[:, :-1], tokens[:, 1:])),
+        ]
+        results = []
+        for name, model, loss_fn, (x, y) in cases:
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+            def plain(model=model, opt=opt, loss_fn=loss_fn, x=x, y=y) -> None:
+                for _ in range(3):
+                    opt.zero_grad()
+                    loss_fn(model(x), y).backward()
+                    opt.step()
+
+            def diagnose(model=model, opt=opt, loss_fn=loss_fn, x=x, y=y) -> None:
+                gl.doctor(model, loss_fn, (x, y), optimizer=opt, steps=3)
+
+            ours, theirs = _interleaved(diagnose, plain, rounds=rounds, inner=1)
+            results.append((name, ours, ours / theirs))
+        return results
+    finally:
+        torch.set_num_threads(threads)
+
+
 def chapter_times() -> list[tuple[str, float]]:
     """Execute every chapter once, in a fresh kernel, and time it."""
     import jupytext
@@ -163,6 +207,9 @@ def main() -> None:
     if clip is not None:
         print(f"gradlab.clip.clip_grad_norm_ / torch (200 tensors, 10M values): {clip[1]:.3f}x "
               f"(torch {clip[0] * 1e3:.1f} ms)   target <= 1.5x")
+    for name, seconds, ratio in doctor_times():
+        print(f"gl.doctor(steps=3) on the {name}, one thread: {seconds:.3f} s "
+              f"({ratio:.2f}x three plain training steps)")
     first, warm = site_build_times()
     print(f"\nsite build: {first:.1f} s to bring it up to date, then a warm rebuild (nothing changed) "
           f"{warm:.1f} s   target <= 10 s")

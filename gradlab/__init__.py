@@ -5,8 +5,9 @@ scaling), ``models`` (networks with init/activation/depth knobs), ``monitor`` (p
 gradient statistics), ``theory`` (closed-form results), ``spectral`` (singular values of a
 model's weights, the orthogonality penalty), ``distributed`` (clipping and NaN checks across
 processes), ``plot`` (the book's figures), ``propagation`` (signals and gradients through random
-networks, measured), ``exercises`` (checkers for the reader's solutions), ``utils`` (seeding, the
-thread policy, device, source).
+networks, measured), ``exercises`` (checkers for the reader's solutions), ``doctor`` (the
+function ``gl.doctor``: a diagnosis of any model's gradients, run on a copy), ``utils`` (seeding,
+the thread policy, device, source).
 """
 
 from . import (
@@ -26,6 +27,7 @@ from . import (
     train,
     utils,
 )
+from .doctor import doctor  # the function; the module is gradlab.doctor in sys.modules
 from .models import mlp
 from .monitor import GradientMonitor, NonFiniteError
 from .train import fit
@@ -40,6 +42,7 @@ __all__ = [
     "clip",
     "data",
     "distributed",
+    "doctor",
     "exercises",
     "fit",
     "get_device",

@@ -20,12 +20,14 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.dropout`: the variance shift in front of batch normalization ("Dropout")
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
+- :mod:`.diagnostics`: the growth of gradient norms toward the input ("Diagnosing a run")
 """
 
 from .accumulation import check_accumulated_gradient
 from .activations import MOMENT_MAP_ACTIVATIONS, check_moment_map
 from .clipping import check_clip_grad_norm
 from .clipping_theory import check_clipped_sgd_fixed_point
+from .diagnostics import check_gradient_growth
 from .distributed import check_global_norm
 from .dropout import check_variance_shift
 from .gated_rnns import check_lstm_cell_jacobian
@@ -55,6 +57,7 @@ __all__ = [
     "check_clipped_sgd_fixed_point",
     "check_function",
     "check_global_norm",
+    "check_gradient_growth",
     "check_hvp",
     "check_init_std",
     "check_layer_jacobian",

@@ -8,6 +8,8 @@
   Pascanu et al. 2013 (:class:`SingleUnitRNN`, :func:`single_unit_last_state`);
 - :mod:`~gradlab.models.transformer`: a small decoder-only transformer with Pre-LN or Post-LN
   blocks (:class:`Transformer`, :class:`TransformerBlock`) and its loss (:func:`lm_loss`);
+- :mod:`~gradlab.models.zoo`: broken and healthy networks for :func:`gradlab.doctor`
+  (:func:`~gradlab.models.zoo.broken`, :func:`~gradlab.models.zoo.healthy`);
 - :mod:`~gradlab.models.init`: data-dependent initialization of any model's linear and
   convolution layers (:func:`lsuv_init_`, Mishkin & Matas 2016).
 
@@ -16,6 +18,7 @@ registry, :data:`gradlab.activations.ACTIVATIONS`, re-exported as ``models.ACTIV
 """
 
 from ..activations import ACTIVATIONS
+from . import zoo
 from .init import LSUV_LAYERS, lsuv_init_
 from .mlp import INITS, MLP, NORMS, Block, exploding_mlp, init_linear_, mlp
 from .rnn import (
@@ -53,4 +56,5 @@ __all__ = [
     "mlp",
     "single_unit_last_state",
     "state_jacobian_norms",
+    "zoo",
 ]

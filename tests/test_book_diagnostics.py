@@ -1,0 +1,106 @@
+"""The measured claims of "Diagnosing a run", on more seeds than the chapter runs: the gradient
+of a default-initialized ReLU MLP shrinks by 1/sqrt(6) per layer toward the input; a six-layer
+one already shrinks it past the doctor's warning threshold; the doctor finds the exploding
+network at every seed and warns about no dead units in the critical He network; and it sees a
+vanishing gradient through time in a written-out RNN cell but not inside the fused nn.RNN; on
+the cliff it measures the factor s = w (1 - h0²) per step back through time."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradlab as gl
+from gradlab.doctor import GROWTH_WARNING
+
+MSE = nn.functional.mse_loss
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _default_mlp(depth, seed, width=64):
+    with gl.utils.seeded(seed):
+        layers = [nn.Linear(16, width), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [nn.Linear(width, width), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(width, 1))
+
+
+def test_default_init_shrinks_the_gradient_by_one_over_sqrt6_per_layer():
+    """16 seeds of the 9-layer network of the exercise: the mean fitted factor per layer is within
+    3 standard errors of 1/sqrt(6) = 0.408 (measured 0.405 +- 0.005 on the chapter's 8 seeds)."""
+    factors = []
+    for seed in range(16):
+        report = gl.doctor(_default_mlp(9, seed), MSE, gl.data.teacher_regression(64, 16, seed=seed))
+        (finding,) = report.of_kind("vanishing_gradient")
+        factors.append(finding.values["per_step"])
+    factors = np.array(factors)
+    se = factors.std(ddof=1) / math.sqrt(len(factors))
+    assert abs(factors.mean() - 1 / math.sqrt(6)) < 3 * se + 1e-3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_six_layer_default_mlp_shrinks_past_the_warning(seed):
+    report = gl.doctor(_default_mlp(6, seed), MSE, gl.data.teacher_regression(64, 16, seed=seed))
+    (finding,) = report.of_kind("vanishing_gradient")
+    assert 1 / finding.values["growth"] > GROWTH_WARNING
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exploding_network_found_and_critical_one_without_warning(seed):
+    x, y = gl.data.teacher_regression(128, 16, kind="mlp", seed=seed)
+    exploding = gl.doctor(gl.models.exploding_mlp(seed=seed), MSE, (x, y))
+    assert [f.where for f in exploding.of_kind("exploding_gradient")] == ["0.linear"]
+    critical = gl.doctor(gl.models.exploding_mlp(gain=1.0, seed=seed), MSE, (x, y))
+    assert critical.ok, str(critical)
+    assert max(s.dead for s in critical.activations) > 0.1  # the dead units the chapter notes
+    net = gl.models.exploding_mlp(gain=1.0, seed=seed)
+    with torch.no_grad():
+        first, last = (nn.functional.normalize(net[:k](x), dim=1) for k in (1, 15))
+    off = ~torch.eye(len(x), dtype=torch.bool)
+    assert (last @ last.T)[off].mean() > (first @ first.T)[off].mean() + 0.2  # more alike with depth
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fused_rnn_hides_what_the_written_out_cell_shows(seed):
+    with gl.utils.seeded(seed):
+        cell = gl.models.VanillaRNN(2, 32, spectral_radius=0.5)
+    fused = nn.RNN(2, 32, batch_first=True)
+    with torch.no_grad():
+        fused.weight_hh_l0.copy_(cell.W)
+        fused.weight_ih_l0.copy_(cell.U)
+        fused.bias_hh_l0.zero_()
+        fused.bias_ih_l0.copy_(cell.b)
+
+    class Fused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.readout = fused, cell.readout
+
+        def forward(self, x):
+            return self.readout(self.rnn(x)[0][:, -1])
+
+    x, y = gl.data.adding_problem(64, 50, seed=seed)
+    y = y.reshape(-1, 1)
+    written, hidden = gl.doctor(cell, MSE, (x, y)), gl.doctor(Fused(), MSE, (x, y))
+    assert math.isclose(written.losses[0], hidden.losses[0], rel_tol=1e-5)
+    assert [f.kind for f in written.findings if f.level > 0] == ["vanishing_gradient"]
+    assert hidden.findings == []
+
+
+def test_the_cliff_gradient_grows_by_s_per_step_back_through_time():
+    """On the wall at w = 2, h0 = 1/2 the doctor's fitted factor per step is s = w (1 - h0²) = 1.5."""
+    w, h0 = 2.0, 0.5
+    model = gl.models.SingleUnitRNN(w, gl.theory.cliff_bias(w, h0), h0=h0, steps=50)
+    batch = (torch.tensor([h0], dtype=torch.float64), torch.tensor([-0.5], dtype=torch.float64))
+    (finding,) = gl.doctor(model, MSE, batch).of_kind("exploding_gradient")
+    assert finding.where == "(model)"
+    assert math.isclose(finding.values["per_step"], w * (1 - h0**2), rel_tol=1e-3)
