@@ -43,6 +43,7 @@ MAX_LR_WRONG = {
     "2/λ_min": lambda a: 2 / torch.linalg.eigvalsh(a)[torch.linalg.eigvalsh(a) > 1e-12][0],
     "2/trace": lambda a: 2 / a.trace(),
     "2/max|A_ij|": lambda a: 2 / a.abs().max(),
+    "2/‖A‖_F": lambda a: 2 / torch.linalg.matrix_norm(a),
     "0 for A = 0": lambda a: 0.0 if not a.any() else eigvalsh_lr(a),
 }
 

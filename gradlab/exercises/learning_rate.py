@@ -57,6 +57,8 @@ MAX_LR_SLIPS: Slips = {
     "2/trace(A): the sum of all eigenvalues, not the largest":
         _curved(lambda c: 2.0 / float(c.args[0].trace())),
     "2/max|A_ij|: a matrix entry, not an eigenvalue": _curved(lambda c: 2.0 / float(c.args[0].abs().max())),
+    "2/‖A‖_F: the Frobenius norm is the root of the sum of all squared eigenvalues, at least "
+    "λ_max": _curved(lambda c: 2.0 / float(torch.linalg.matrix_norm(c.args[0]))),
     "0 for A = 0: with no curvature gradient descent never diverges, so every learning rate is "
     "stable; return math.inf": lambda c: 0.0 if _is_zero(c) else None,
 }
