@@ -94,3 +94,27 @@ def test_post_ln_collapses_without_warmup_at_a_high_learning_rate():
                 assert abs(final - unigram) < 0.1 and spread < 1e-3, (seed, final, spread)
             else:
                 assert history.loss.min() < 1.0 and spread > 1.0, (seed, position, warm, final, spread)
+
+
+def test_relu_batchnorm_line_ends_below_the_limit_and_width_raises_the_factor():
+    """The chapter's reading of the large-batch fit: the line a + b/B through B = 16 .. 128 at
+    width 256 ends below pi/(pi - 1) by more than two standard errors (but within 1.5%); at
+    B = 256 (depth 10) networks of width 1024 have a larger factor than networks of width 256,
+    by more than one standard error of the difference, and width 256 is within 0.5% of the
+    limit."""
+    limit = norm_gradient_growth("relu")
+    measured = {B: _growth("relu", "batch", B) for B in (16, 32, 64, 128)}
+    coef, cov = np.polyfit([1 / B for B in measured], [m for m, _ in measured.values()], 1,
+                           w=[1 / se for _, se in measured.values()], cov="unscaled")
+    assert limit - 2 * math.sqrt(cov[1, 1]) > coef[1] > limit * 0.985
+    narrow = _growth("relu", "batch", 256, width=256, depth=10, seeds=5)
+    wide = _growth("relu", "batch", 256, width=1024, depth=10, seeds=3)
+    assert wide[0] - narrow[0] > math.hypot(wide[1], narrow[1])
+    assert narrow[0] == pytest.approx(limit, rel=0.005)
+
+
+def test_eval_mode_linear_factor_between_unbiased_correction_and_one():
+    """The chapter's eval-mode statement at B = 32 with 20 calibration batches: the linear
+    network's factor lies below 1 and above (B - 1)/B (by more than two standard errors)."""
+    m, se = _growth("linear", "batch", 32, seeds=3, mode="eval", calibrate=20)
+    assert 31 / 32 + 2 * se < m < 1.0

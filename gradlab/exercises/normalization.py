@@ -50,6 +50,14 @@ def _unbiased_grad(c: Case) -> torch.Tensor:
         lambda t: (t - t.mean(dim=0)) / torch.sqrt(t.var(dim=0, unbiased=True) + eps), x, grad_out)
 
 
+def _unbiased_formula(c: Case) -> torch.Tensor:
+    """The exercise's formula with ``y`` and ``s`` from the unbiased variance (``x.var(dim=0)``)."""
+    x, grad_out, eps = c.args
+    std = torch.sqrt(x.var(dim=0, unbiased=True) + eps)
+    y = (x - x.mean(dim=0)) / std
+    return (grad_out - grad_out.mean(dim=0) - y * (grad_out * y).mean(dim=0)) / std
+
+
 BATCHNORM_SLIPS: Slips = {
     "mean and variance treated as constants, g / sqrt(var + eps): that is BatchNorm's gradient in "
     "eval mode; in training mode the batch statistics depend on x, and their gradients subtract "
@@ -65,6 +73,9 @@ BATCHNORM_SLIPS: Slips = {
                    - c.data["y"] * (c.args[1] * c.data["y"]).sum(dim=0)) / c.data["std"],
     "the unbiased variance (dividing by B - 1): BatchNorm normalizes with the biased variance, the "
     "mean of the squared deviations (torch.var(..., unbiased=False))": _unbiased_grad,
+    "the formula evaluated with torch.var's default, the unbiased variance (dividing by B - 1): "
+    "BatchNorm and the formula use the biased variance, x.var(dim=0, unbiased=False)":
+        _unbiased_formula,
     "statistics over the features (dim=1) instead of the batch (dim=0): that is LayerNorm's "
     "gradient": _layer_norm_grad,
 }
