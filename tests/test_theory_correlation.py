@@ -81,7 +81,8 @@ def test_slope_is_the_derivative_of_the_map(name, sigma_w, sigma_b):
 def test_c_star_in_both_phases():
     assert theory.c_star("tanh", 1.0, 0.3) == 1.0  # ordered
     assert theory.c_star("relu", math.sqrt(2), 0.0) == 1.0  # critical
-    assert theory.c_star("tanh", 1.5, 0.0) == pytest.approx(0.0, abs=1e-12)  # chaotic, odd phi, no bias: C(0) = 0
+    # chaotic, odd phi, no bias: C(0) = 0
+    assert theory.c_star("tanh", 1.5, 0.0) == pytest.approx(0.0, abs=1e-12)
     for sigma_w, sigma_b in [(SIGMA_W_TANH, SIGMA_B_TANH), (2.5, 0.5), (1.6, 0.1)]:
         c = theory.c_star("tanh", sigma_w, sigma_b)
         assert 0.0 < c < 1.0
