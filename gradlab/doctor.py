@@ -151,7 +151,8 @@ class Finding:
         evidence: what was measured, in words and numbers.
         advice: what to try.
         chapter: the file name, in ``book/``, of the chapter that explains it.
-        values: the measured numbers behind ``evidence``, by name.
+        values: the measured numbers behind ``evidence``, by name (left out of the repr, which
+            is one line; the per-layer norms and names in it run to hundreds of numbers).
     """
 
     kind: str
@@ -160,7 +161,7 @@ class Finding:
     evidence: str
     advice: str
     chapter: str
-    values: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def level(self) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import gradlab as gl
-from gradlab.doctor import GROWTH_WARNING
+from gradlab.doctor import GROWTH_ERROR, GROWTH_WARNING
 
 MSE = nn.functional.mse_loss
 
@@ -47,11 +47,38 @@ def test_default_init_shrinks_the_gradient_by_one_over_sqrt6_per_layer():
     assert abs(factors.mean() - 1 / math.sqrt(6)) < 3 * se + 1e-3
 
 
+def _output_grad_norms(net, x, y):
+    """||dL/d(output)|| of every nn.Linear of ``net``, by autograd, in execution order."""
+    outputs = []
+
+    def keep(module, args, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    hooks = [m.register_forward_hook(keep) for m in net if isinstance(m, nn.Linear)]
+    MSE(net(x), y).backward()
+    for h in hooks:
+        h.remove()
+    return np.array([float(o.grad.norm()) for o in outputs])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_six_layer_default_mlp_shrinks_past_the_warning(seed):
-    report = gl.doctor(_default_mlp(6, seed), MSE, gl.data.teacher_regression(64, 16, seed=seed))
-    (finding,) = report.of_kind("vanishing_gradient")
-    assert 1 / finding.values["growth"] > GROWTH_WARNING
+    """The finding's shrinkage is the one measured: its norms are autograd's per-layer norms, its
+    growth is the least-squares line through their logs, and that agrees with the plain ratio of
+    the last layer's norm to the first's within 15% (measured within 7% on seeds 0-11: 1/growth
+    59-112, the ratio 61-109). The ratio itself is past the warning threshold, so the warning
+    describes the network, not the fit."""
+    net = _default_mlp(6, seed)
+    x, y = gl.data.teacher_regression(64, 16, seed=seed)
+    (finding,) = gl.doctor(net, MSE, (x, y)).of_kind("vanishing_gradient")
+    norms = _output_grad_norms(net, x, y)
+    np.testing.assert_allclose(finding.values["norms"], norms, rtol=1e-5)
+    slope = np.polyfit(np.arange(len(norms)), np.log(norms), 1)[0]
+    assert finding.values["growth"] == pytest.approx(math.exp(-slope * (len(norms) - 1)), rel=1e-5)
+    ratio = norms[-1] / norms[0]
+    assert 1 / finding.values["growth"] == pytest.approx(ratio, rel=0.15)
+    assert GROWTH_WARNING < ratio < GROWTH_ERROR and finding.severity == "warning"
 
 
 @pytest.mark.parametrize("seed", range(6))

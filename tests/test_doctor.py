@@ -21,6 +21,7 @@ from gradlab.doctor import (
     RAIL_SLOPE,
     Finding,
     Report,
+    _growth_finding,
     gradient_growth,
 )
 from gradlab.models import zoo
@@ -289,8 +290,34 @@ def test_findings_are_sorted_worst_first(broken_reports):
         assert levels == sorted(levels, reverse=True)
 
 
-def test_thresholds_are_ordered():
-    assert 1 < GROWTH_INFO < GROWTH_WARNING < GROWTH_ERROR
+@pytest.mark.parametrize("exploding", [True, False])
+def test_growth_classifier_steps_up_one_severity_at_each_threshold(exploding):
+    """Exact geometric norms whose growth (or shrinkage) is 1% below and 1% above each threshold:
+    below GROWTH_INFO no finding; each threshold crossed raises the severity by exactly one, so
+    the thresholds are ordered as the classifier uses them; the finding reports the growth the
+    norms have."""
+    levels = []
+    for threshold in (GROWTH_INFO, GROWTH_WARNING, GROWTH_ERROR):
+        for size in (threshold / 1.01, threshold * 1.01):
+            growth = size if exploding else 1 / size
+            norms = [growth ** ((7 - i) / 7) for i in range(8)]  # norms[0] / norms[-1] = growth
+            finding = _growth_finding("layer", norms, "layer", False)
+            if finding is None:
+                levels.append(-1)
+                continue
+            assert finding.kind == ("exploding_gradient" if exploding else "vanishing_gradient")
+            assert finding.values["growth"] == pytest.approx(growth, rel=1e-9)
+            levels.append(finding.level)
+    assert levels == [-1, 0, 0, 1, 1, 2]
+
+
+def test_finding_repr_is_one_line_without_the_values(broken_reports):
+    for _, report in broken_reports.values():
+        for finding in report.findings:
+            text = repr(finding)
+            assert "\n" not in text and "values=" not in text and len(text) < 800, text
+            assert text.startswith(f"Finding(kind={finding.kind!r}, where={finding.where!r}")
+            assert finding.values  # still there, only not in the repr
 
 
 # -- bad input -----------------------------------------------------------------------------------
