@@ -36,6 +36,7 @@ def test_right_answer_passes():
     (lambda n, p: n.max(), "largest local norm"),
     (lambda n, p: n.max() if math.isinf(p) else n.pow(p).sum(), "p-th root is missing"),
     (lambda n, p: n.max() if math.isinf(p) else n.pow(p).mean().pow(1 / p), "mean"),
+    (lambda n, p: n.sum() if math.isinf(p) else n.pow(p).sum().pow(1 / p), "max over ranks, not a sum"),
 ])
 def test_slips_fail_with_a_hint(wrong, hint):
     result = check_global_norm(wrong)
@@ -44,7 +45,8 @@ def test_slips_fail_with_a_hint(wrong, hint):
 
 
 def test_the_wrong_solutions_cover_the_slip_table():
-    hints = ["local norms were added", "2-norm rule", "largest local norm", "p-th root is missing", "mean"]
+    hints = ["local norms were added", "2-norm rule", "largest local norm", "p-th root is missing", "mean",
+             "max over ranks, not a sum"]
     assert all(any(h in slip for h in hints) for slip in GLOBAL_NORM_SLIPS)
 
 
@@ -66,3 +68,12 @@ def test_errors_are_reported():
         check_global_norm(right, n_cases=0)
     with pytest.raises(TypeError, match="seed"):
         check_global_norm(right, seed=1.5)
+
+
+def test_a_sum_for_the_inf_norm_is_named_as_that_slip_only():
+    """Right for p = 1, 2, 3 but a sum for p = inf: the first wrong case is an inf case, and the
+    hint says to take the max, not that the norms were added (which is the p = 1 rule)."""
+    result = check_global_norm(lambda n, p: n.sum() if math.isinf(p) else n.pow(p).sum().pow(1 / p))
+    assert not result.passed and "p=inf" in result.message
+    assert "Known slip: for p = inf the local norms were added" in result.message
+    assert "right for p = 1 only" not in result.message

@@ -36,7 +36,10 @@ def _local(case: Case) -> tuple[torch.Tensor, float]:
 
 GLOBAL_NORM_SLIPS: Slips = {
     "the local norms were added: that is right for p = 1 only; add their p-th powers and take "
-    "the p-th root": lambda c: float(_local(c)[0].sum()),
+    "the p-th root": lambda c: float(_local(c)[0].sum()) if math.isfinite(c.args[1]) else None,
+    "for p = inf the local norms were added: the inf-norm is the largest entry, so the global "
+    "inf-norm is the largest local norm (a max over ranks, not a sum)":
+        lambda c: None if math.isfinite(c.args[1]) else float(_local(c)[0].sum()),
     "the 2-norm rule (square root of the sum of squares) was used for every p: use the p-th "
     "powers and the p-th root": lambda c: float(_local(c)[0].pow(2).sum().sqrt()),
     "the largest local norm was returned: that is right for p = inf only":
