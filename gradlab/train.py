@@ -272,6 +272,15 @@ def fit(
     the mean. ``n_j`` is the length of ``y_j``'s first dimension (of ``x_j``'s when ``y_j`` has
     none; equal weights ``1 / k`` when neither has).
 
+    A short last micro-batch (an iterable such as a ``DataLoader`` without ``drop_last`` whose
+    data set is not a multiple of the batch size) is weighted by its size like any other: each
+    of its examples weighs as much as every other example of its step, and the step's gradient
+    is the mean over the ``N`` examples that step drew, fewer than in a full step. Steps are not
+    aligned with passes over ``data``: when an iterable runs out partway through a step, it is
+    started again and the step is completed from the next pass, so a short last batch can share a
+    step with the first batches of the next pass. With ``accumulate=1`` it is a step of its own,
+    on the mean loss of its few examples, at the same learning rate as a full step.
+
     Args:
         model: the network (its mode, train or eval, is left as it is).
         loss_fn: ``loss_fn(model(x), y)`` returns a scalar tensor, the mean over the examples.

@@ -405,6 +405,39 @@ def test_short_last_micro_batch_is_weighted_by_its_size():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
+def test_a_step_spans_the_end_of_a_pass_and_a_short_batch_alone_is_its_mean():
+    """Seven examples in batches of 3 give 3, 3, 1: with accumulate=2 the second step holds the
+    short batch and the first batch of the next pass, weighted 1/4 and 3/4 (the docstring of
+    fit); with accumulate=1 the short batch is a step of its own, on the mean over its example."""
+    x, y = _regression(n=7)
+    x, y = x.double(), y.double()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    assert [len(b[0]) for b in loader] == [3, 3, 1]
+
+    def grads(accumulate, steps):
+        model, seen = _model().double(), []
+        hist = fit(model, mse, loader, torch.optim.SGD(model.parameters(), lr=0.0), steps=steps,
+                   accumulate=accumulate, callback=lambda r: seen.append(_flat_grad(r.model).clone()))
+        return model, seen, hist
+
+    def full_batch_grad(model, idx):
+        model.zero_grad()
+        loss = mse(model(x[idx]), y[idx])
+        loss.backward()
+        return _flat_grad(model), loss.item()
+
+    model, seen, hist = grads(2, 2)
+    for s, idx in enumerate(([0, 1, 2, 3, 4, 5], [6, 0, 1, 2])):
+        expected, loss = full_batch_grad(model, idx)
+        torch.testing.assert_close(seen[s], expected, rtol=1e-12, atol=1e-14)
+        assert hist.loss[s] == pytest.approx(loss, rel=1e-12)
+    model, seen, hist = grads(1, 4)
+    for s, idx in enumerate(([0, 1, 2], [3, 4, 5], [6], [0, 1, 2])):
+        expected, loss = full_batch_grad(model, idx)
+        torch.testing.assert_close(seen[s], expected, rtol=1e-12, atol=1e-14)
+        assert hist.loss[s] == pytest.approx(loss, rel=1e-12)
+
+
 def test_history_loss_is_the_mean_over_examples():
     x, y = _regression(n=10)
     micro = [(x[:2], y[:2]), (x[2:], y[2:])]  # 2 and 8 examples
