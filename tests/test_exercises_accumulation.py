@@ -21,36 +21,35 @@ def _only_slip(word):
     return slip
 
 
-def loss_over_k(model, loss_fn, micro_batches):
+def weighted_by_size(model, loss_fn, micro_batches):
+    total = sum(len(x) for x, _ in micro_batches)
     for x, y in micro_batches:
-        (loss_fn(model(x), y) / len(micro_batches)).backward()
+        (loss_fn(model(x), y) * len(x) / total).backward()
 
 
-def _divided_by(divisor, *, zero_inside=False):
+def _weighted_by(weight, *, zero_inside=False):
+    """A wrong accumulation: micro-batch j's loss times ``weight(n_j, N, k)``."""
     def wrong(model, loss_fn, micro_batches):
+        total = sum(len(x) for x, _ in micro_batches)
         for x, y in micro_batches:
             if zero_inside:
                 model.zero_grad()
-            (loss_fn(model(x), y) / divisor(len(micro_batches), len(x))).backward()
+            (loss_fn(model(x), y) * weight(len(x), total, len(micro_batches))).backward()
 
     return wrong
 
 
 ACCUMULATION_WRONG = {
-    "k times": _divided_by(lambda k, b: 1),
-    "divided by k twice": _divided_by(lambda k, b: k * k),
-    "gradient only": _divided_by(lambda k, b: 1, zero_inside=True),
-    "gradient divided by k": _divided_by(lambda k, b: k, zero_inside=True),
-    "1/b": _divided_by(lambda k, b: k * b),
+    "the sum of the micro-batch gradients": _weighted_by(lambda n, total, k: 1.0),
+    "equal weights 1/k": _weighted_by(lambda n, total, k: 1 / k),
+    "divided by k on top": _weighted_by(lambda n, total, k: n / total / k),
+    "micro-batch's gradient only": _weighted_by(lambda n, total, k: 1.0, zero_inside=True),
+    "weighted gradient only": _weighted_by(lambda n, total, k: n / total, zero_inside=True),
+    "divided by the micro-batch's size": _weighted_by(lambda n, total, k: 1 / total),
 }
 
 
-def test_check_accumulated_gradient_accepts_loss_over_k_weights_and_fit():
-    def weighted_sum(model, loss_fn, micro_batches):  # b_j / B weights: equal sizes give 1/k
-        total = sum(len(x) for x, _ in micro_batches)
-        for x, y in micro_batches:
-            (loss_fn(model(x), y) * len(x) / total).backward()
-
+def test_check_accumulated_gradient_accepts_size_weights_and_fit():
     def with_fit(model, loss_fn, micro_batches):
         # fit zeroes the gradients after its step; an SGD step with lr=0 leaves the model as it
         # was, and a clip callable is where the accumulated gradient can be read.
@@ -60,10 +59,10 @@ def test_check_accumulated_gradient_accepts_loss_over_k_weights_and_fit():
         for p, g in zip(model.parameters(), seen["g"], strict=True):
             p.grad = g
 
-    result = check_accumulated_gradient(loss_over_k)
+    result = check_accumulated_gradient(weighted_by_size)
     assert result
     assert result.message == "accumulated gradient: all 30 random cases match the full-batch gradient."
-    assert check_accumulated_gradient(weighted_sum, n_cases=10, seed=2)
+    assert check_accumulated_gradient(weighted_by_size, n_cases=10, seed=2)
     result = check_accumulated_gradient(with_fit, n_cases=10)
     assert result.passed and result.cases == 10, result.message
 
@@ -71,9 +70,9 @@ def test_check_accumulated_gradient_accepts_loss_over_k_weights_and_fit():
 @pytest.mark.parametrize("word", ACCUMULATION_WRONG)
 def test_check_accumulated_gradient_names_each_slip(word):
     result = check_accumulated_gradient(ACCUMULATION_WRONG[word])
-    assert not result.passed and " micro-batches of b=" in result.message
+    assert not result.passed and " micro-batches of " in result.message
     assert "the gradient left in .grad (all parameters, flattened) is wrong" in result.message
-    # where k = b, dividing by k twice and by k*b give the same answer: both are named
+    # in a case where k = n_j, two slips can give the same answer: both are named
     assert "Known slip" in result.message and _only_slip(word) in result.message
 
 
@@ -100,3 +99,20 @@ def test_accumulation_cases_leave_the_global_rng_alone():
     for i in range(4):
         _accumulation_case(g, i)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_cases_have_equal_and_unequal_micro_batches_and_a_short_last_one():
+    g = torch.Generator().manual_seed(0)
+    sizes = [_accumulation_case(g, i).data["sizes"] for i in range(16)]
+    assert sum(len(set(n)) == 1 for n in sizes) == 8
+    assert sum(len(set(n)) > 1 for n in sizes) == 8
+    assert any(len(set(n[:-1])) == 1 and n[-1] < n[0] for n in sizes if len(set(n)) > 1)
+
+
+def test_equal_weights_pass_equal_sizes_and_fail_unequal_ones_with_the_slip():
+    """Dividing every micro-batch's loss by k is right for equal sizes only: the first unequal
+    case (case 3) fails, and the hint names the equal-weight slip and n_j/N."""
+    result = check_accumulated_gradient(ACCUMULATION_WRONG["equal weights 1/k"])
+    assert not result.passed and result.cases == 3 and "n_j=" in result.message
+    assert "weight micro-batch j by n_j/N" in result.message
+    assert check_accumulated_gradient(ACCUMULATION_WRONG["equal weights 1/k"], n_cases=2).passed
