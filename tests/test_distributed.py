@@ -219,6 +219,18 @@ def test_launch_reports_a_failing_rank():
         gd.launch(gd.run_jobs, world_size=1, timeout=60.0, jobs=jobs)
 
 
+def test_launch_forks_from_a_preloading_fork_server_where_there_is_one():
+    """Ranks fork from a server that imported PRELOAD (the server ignores a module that fails to
+    import, so each must import here); a platform without one spawns."""
+    import importlib
+    import multiprocessing as mp
+
+    for module in gd.PRELOAD:
+        importlib.import_module(module)
+    expected = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    assert gd._context().get_start_method() == expected
+
+
 def test_launch_stops_a_hang_at_its_timeout():
     # Rank 1 stops at step 3; rank 0 waits in backward() for up to a minute: the launcher
     # must give up after its own timeout and kill both processes.
