@@ -494,7 +494,7 @@ def test_callback_sees_each_record_and_the_applied_gradients():
     def callback(r):
         records.append(r)
         grad_norms.append(float(_flat_grad(r.model).norm()))  # the clipped gradient, still there
-        time.sleep(0.05)
+        time.sleep(0.5)  # far longer than a step, even on a loaded machine
 
     hist = fit(model, mse, (x, y * 100), opt, steps=4, clip=1.0, callback=callback)
     assert [r.step for r in records] == [0, 1, 2, 3] and all(isinstance(r, StepRecord) for r in records)
@@ -503,7 +503,7 @@ def test_callback_sees_each_record_and_the_applied_gradients():
     np.testing.assert_allclose(grad_norms, hist.clipped_grad_norm, rtol=1e-6)
     assert np.all(hist.grad_norm > 1.0)
     assert all(r.model is model and r.optimizer is opt for r in records)
-    assert np.all(hist.step_time < 0.05)  # the callback's time is not the step's
+    assert np.all(hist.step_time < 0.5)  # the callback's time is not the step's
     assert all(p.grad is None for p in model.parameters())  # zeroed after the callback
 
 
