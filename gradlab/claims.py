@@ -210,7 +210,7 @@ def claim_dropout(p: float = 0.2, seeds: int = 3) -> Verdict:
         torch.manual_seed(0)  # the masks
         with_dropout = _mean_log_growth(lambda s: exploding_mlp(seed=s, dropout=p), x, y, seeds)
     evidence = {"without": without, "with_dropout": with_dropout, "p": p,
-                "ratio_predicted": (1 - p) ** -(15 / 2)}
+                "ratio": with_dropout / without, "ratio_predicted": (1 - p) ** -(15 / 2)}
     verdict = "false" if with_dropout >= EXPLODES else "true"
     return Verdict(3, "dropout prevents explosion", verdict, "", evidence, "dropout")
 
@@ -582,7 +582,7 @@ def claim_always_nan(gain: float = 5.0, lr: float = 1e-3, steps: int = 5) -> Ver
                 "nonfinite_step": float(history.stopped_at if history.diverged else -1)}
     finite_huge = math.isfinite(evidence["first_loss"]) and HUGE < evidence["first_grad_norm"] < math.inf
     return Verdict(13, "an exploding gradient always shows up as NaN", "false" if finite_huge else "true",
-                   "", evidence, "mixed_precision")
+                   "", evidence, "what_explodes")
 
 
 CLAIMS: tuple[Callable[[], Verdict], ...] = (
