@@ -95,7 +95,8 @@ def test_verdict_validates_itself():
 
 
 @pytest.mark.parametrize(("fn", "kwargs", "error", "match"), [
-    (claims.layer_growth, {"model": "net", "x": torch.zeros(2, 16), "y": torch.zeros(2, 1)}, TypeError, "model"),
+    (claims.layer_growth, {"model": "net", "x": torch.zeros(2, 16), "y": torch.zeros(2, 1)}, TypeError,
+     "model"),
     (claims.layer_growth, {"model": exploding_mlp(), "x": [1.0], "y": torch.zeros(2, 1)}, TypeError, "x"),
     (claims.claim_batch_norm, {"depth": 2}, ValueError, "depth"),
     (claims.claim_batch_norm, {"batch_size": 3}, ValueError, "batch_size"),
