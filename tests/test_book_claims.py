@@ -40,12 +40,16 @@ def test_each_section_links_the_chapter_of_its_computed_verdict(number):
     v = claims.CLAIMS[number - 1]()
     assert v.verdict == STATED[number]
     assert f"{{doc}}`{v.chapter}`" in _sections()[number]
+    text = (BOOK / "claims.md").read_text(encoding="utf-8")
+    (row,) = re.findall(rf"^\| {number} \|.*$", text, flags=re.M)  # the summary table's row
+    assert f"{{glue:md}}`verdict_{number}`" in row and row.endswith(f"{{doc}}`{v.chapter}` |"), row
 
 
 def test_the_summary_table_is_built_from_the_verdicts():
     text = (BOOK / "claims.md").read_text(encoding="utf-8")
     summary = text[text.index("## Summary"):text.index("## Exercises")]
     assert "for v in verdicts:" in summary and "{glue:text}`n_false`" in summary
+    assert len(re.findall(r"^\| \d+ \|", summary, flags=re.M)) == 13
 
 
 def _checklist():

@@ -3,6 +3,7 @@ asserted (so none can flip silently), the measured numbers against their predict
 input."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -37,8 +38,11 @@ def test_claims_are_numbered_in_order_and_link_existing_chapters(verdicts):
 
     book = Path(__file__).parent.parent / "book"
     assert list(verdicts) == list(range(1, 14))  # CLAIMS[i]() is claim i + 1
+    text = (book / "claims.md").read_text(encoding="utf-8")
     for v in verdicts.values():
         assert (book / f"{v.chapter}.md").exists(), v.chapter
+        # the chapter's summary table links the chapter this verdict names
+        assert re.search(rf"^\| {v.number} \|.*\{{doc\}}`{v.chapter}` \|$", text, flags=re.M), v.number
 
 
 def test_measurements_agree_with_their_predictions(verdicts):
