@@ -118,9 +118,10 @@ def claim_batch_norm(depth: int = 30, width: int = 64, batch_size: int = 6, seed
 
     Experiment: ReLU networks of ``depth`` layers of ``width`` (He init times 1.4, the exploding
     network's gain) with and without BatchNorm after every hidden linear layer, on 64 examples,
-    and a *linear* network with BatchNorm on ``batch_size`` examples, all in training mode; ``G``
-    averaged (geometrically) over ``seeds`` networks. Predictions for wide layers: BatchNorm with
-    ReLU multiplies ``E||g||²`` by ``pi / (pi - 1)`` per layer when the batch is large
+    and a *linear* network of width ``2 * width`` with BatchNorm on ``batch_size`` examples, all
+    in training mode; ``G`` averaged (geometrically) over ``seeds`` networks. Predictions for
+    wide layers: BatchNorm with ReLU multiplies ``E||g||²`` by ``pi / (pi - 1)`` per layer when
+    the batch is large
     (:func:`gradlab.theory.norm_gradient_growth`), with a linear activation by
     ``(B - 2) / (B - 3)`` at batch size ``B`` (:func:`gradlab.theory.bn_gradient_growth`), so
     ``G`` is predicted as that factor to the power ``(depth - 1) / 2``.
@@ -137,16 +138,16 @@ def claim_batch_norm(depth: int = 30, width: int = 64, batch_size: int = 6, seed
     seeds = check_int("seeds", seeds, minimum=1)
     x, y = _data(64)
 
-    def net(activation: str, norm: str | None, gain: float) -> Callable[[int], nn.Module]:
+    def net(activation: str, norm: str | None, gain: float, width: int) -> Callable[[int], nn.Module]:
         def build(seed: int) -> nn.Module:
             with seeded(seed):
                 return mlp(depth, width, in_features=16, out_features=1, activation=activation,
                            init="he" if activation == "relu" else "gaussian", gain=gain, norm=norm)
         return build
 
-    plain = _mean_log_growth(net("relu", None, 1.4), x, y, seeds)
-    with_bn = _mean_log_growth(net("relu", "batch", 1.4), x, y, seeds)
-    width, linear = 2 * width, net("linear", "batch", 1.0)  # twice as wide: closer to the limit
+    plain = _mean_log_growth(net("relu", None, 1.4, width), x, y, seeds)
+    with_bn = _mean_log_growth(net("relu", "batch", 1.4, width), x, y, seeds)
+    linear = net("linear", "batch", 1.0, 2 * width)  # twice as wide: closer to the wide limit
     linear_bn = _mean_log_growth(linear, x[:batch_size], y[:batch_size], seeds)
     evidence = {"relu_plain": plain, "relu_plain_predicted": 1.4 ** (depth - 1),
                 "relu_bn": with_bn,
