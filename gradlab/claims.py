@@ -97,9 +97,18 @@ def layer_growth(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return growth[0]
 
 
+def _growth_stats(build: Callable[[int], nn.Module], x, y, seeds: int) -> tuple[float, float]:
+    """``(exp(m), exp(se))``: the geometric mean of :func:`layer_growth` over the networks
+    ``build(seed)``, seeds ``0 .. seeds-1``, and the standard error of ``m``, the mean of
+    ``log G``, as a factor (NaN for one seed)."""
+    logs = np.array([math.log(layer_growth(build(s), x, y)) for s in range(seeds)])
+    se = float(logs.std(ddof=1) / math.sqrt(seeds)) if seeds > 1 else math.nan
+    return float(np.exp(logs.mean())), math.exp(se)
+
+
 def _mean_log_growth(build: Callable[[int], nn.Module], x, y, seeds: int) -> float:
     """The geometric mean of :func:`layer_growth` over networks ``build(seed)``, seeds 0..seeds-1."""
-    return float(np.exp(np.mean([math.log(layer_growth(build(s), x, y)) for s in range(seeds)])))
+    return _growth_stats(build, x, y, seeds)[0]
 
 
 def _flat_grad(model: nn.Module) -> torch.Tensor:
@@ -145,14 +154,14 @@ def claim_batch_norm(depth: int = 30, width: int = 64, batch_size: int = 6, seed
                            init="he" if activation == "relu" else "gaussian", gain=gain, norm=norm)
         return build
 
-    plain = _mean_log_growth(net("relu", None, 1.4, width), x, y, seeds)
-    with_bn = _mean_log_growth(net("relu", "batch", 1.4, width), x, y, seeds)
+    plain, plain_se = _growth_stats(net("relu", None, 1.4, width), x, y, seeds)
+    with_bn, with_bn_se = _growth_stats(net("relu", "batch", 1.4, width), x, y, seeds)
     linear = net("linear", "batch", 1.0, 2 * width)  # twice as wide: closer to the wide limit
-    linear_bn = _mean_log_growth(linear, x[:batch_size], y[:batch_size], seeds)
-    evidence = {"relu_plain": plain, "relu_plain_predicted": 1.4 ** (depth - 1),
-                "relu_bn": with_bn,
+    linear_bn, linear_bn_se = _growth_stats(linear, x[:batch_size], y[:batch_size], seeds)
+    evidence = {"relu_plain": plain, "relu_plain_se": plain_se, "relu_plain_predicted": 1.4 ** (depth - 1),
+                "relu_bn": with_bn, "relu_bn_se": with_bn_se,
                 "relu_bn_predicted": norm_gradient_growth("relu") ** ((depth - 1) / 2),
-                "linear_bn": linear_bn,
+                "linear_bn": linear_bn, "linear_bn_se": linear_bn_se,
                 "linear_bn_predicted": bn_gradient_growth(batch_size) ** ((depth - 1) / 2)}
     if with_bn >= plain:
         verdict, condition = "false", ""
@@ -180,10 +189,12 @@ def claim_relu(depth: int = 16, width: int = 64, seeds: int = 3) -> Verdict:
     width = check_int("width", width, minimum=1)
     seeds = check_int("seeds", seeds, minimum=1)
     x, y = _data(64)
-    growth = {gain: _mean_log_growth(
+    stats = {gain: _growth_stats(
         lambda s, gain=gain: exploding_mlp(depth=depth, width=width, gain=gain, seed=s), x, y, seeds)
         for gain in (1.0, 1.4)}
-    evidence = {"gain_1": growth[1.0], "gain_1.4": growth[1.4], "gain_1.4_predicted": 1.4 ** (depth - 1)}
+    growth = {gain: g for gain, (g, _) in stats.items()}
+    evidence = {"gain_1": growth[1.0], "gain_1_se": stats[1.0][1], "gain_1.4": growth[1.4],
+                "gain_1.4_se": stats[1.4][1], "gain_1.4_predicted": 1.4 ** (depth - 1)}
     if growth[1.0] >= EXPLODES:
         verdict, condition = "false", ""
     elif growth[1.4] >= EXPLODES:

@@ -46,15 +46,25 @@ def test_claims_are_numbered_in_order_and_link_existing_chapters(verdicts):
 
 
 def test_measurements_agree_with_their_predictions(verdicts):
-    # Mean field: the gradient grows by the gain per ReLU layer (15 layers), within a factor 2
-    # for the geometric mean of three networks of width 64.
+    # Mean field: the gradient grows by the gain per ReLU layer (15 layers). The geometric mean
+    # of three networks of width 64 is within a factor 2 of gain^15 (seen: 141 against 156, the
+    # standard error a factor 1.08), and within 3 standard errors.
     e = verdicts[2].evidence
-    assert abs(math.log(e["gain_1.4"] / e["gain_1.4_predicted"])) < math.log(2)
-    assert 1 / 2 < e["gain_1"] < 2
-    # BatchNorm with ReLU: (pi / (pi - 1))^(29/2), within a factor 2 (wide, large-batch limit).
+
+    def within(measured, predicted, se):
+        off = abs(math.log(measured / predicted))
+        return off < math.log(2) and off < 3 * math.log(se)
+
+    assert within(e["gain_1.4"], e["gain_1.4_predicted"], e["gain_1.4_se"])
+    assert within(e["gain_1"], 1.0, e["gain_1_se"])
+    # ReLU without and with BatchNorm: 1.4^29 and (pi / (pi - 1))^(29/2) (wide, large-batch
+    # limit), each within a factor 2 and 3 standard errors (seen: 1.2 and 1.4 standard errors).
     e = verdicts[1].evidence
-    assert abs(math.log(e["relu_bn"] / e["relu_bn_predicted"])) < math.log(2)
-    assert abs(math.log(e["relu_plain"] / e["relu_plain_predicted"])) < math.log(2)
+    assert within(e["relu_bn"], e["relu_bn_predicted"], e["relu_bn_se"])
+    assert within(e["relu_plain"], e["relu_plain_predicted"], e["relu_plain_se"])
+    # The linear BN network at batch 6 explodes, below the wide-limit mean-square prediction
+    # (seen: 43 against 65; tests/test_theory_normalization.py checks the per-layer factor).
+    assert claims.EXPLODES <= e["linear_bn"] <= e["linear_bn_predicted"]
     # Dropout enlarges the growth, by more than 1 (the prediction is 5.3 at p = 0.2).
     assert verdicts[3].evidence["ratio"] > 1 and verdicts[3].evidence["ratio_predicted"] > 1
     # Accumulation and DDP give the one-batch gradient to float32 rounding.
