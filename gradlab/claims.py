@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ class Verdict:
         claim: the claim, in a few words.
         verdict: ``"true"``, ``"false"`` or ``"conditional"``.
         condition: for ``"conditional"``, when the claim holds; otherwise ``""``.
-        evidence: the measured numbers the rule read (name -> float).
+        evidence: the measured numbers the rule read (name -> float), read-only.
         chapter: the book chapter (a file name in ``book/``) with the full treatment.
     """
 
@@ -61,10 +62,12 @@ class Verdict:
     claim: str
     verdict: str
     condition: str
-    evidence: Mapping[str, float] = field(default_factory=dict)
+    evidence: Mapping[str, float] = field(default_factory=dict, hash=False)
     chapter: str = ""
 
     def __post_init__(self) -> None:
+        # read-only, so that a verdict's evidence cannot be edited after the rule has read it
+        object.__setattr__(self, "evidence", MappingProxyType(dict(self.evidence)))
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {list(VERDICTS)}, got {self.verdict!r}")
         if (self.verdict == "conditional") != bool(self.condition):

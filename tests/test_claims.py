@@ -106,6 +106,9 @@ def test_verdict_validates_itself():
     v = claims.Verdict(1, "x", "true", "", {"a": 1.0}, "clipping")
     with pytest.raises(AttributeError):
         v.verdict = "false"
+    with pytest.raises(TypeError):
+        v.evidence["a"] = 2.0
+    assert hash(v) == hash(claims.Verdict(1, "x", "true", "", {"a": 3.0}, "clipping"))
 
 
 @pytest.mark.parametrize(("fn", "kwargs", "error", "match"), [
