@@ -6,13 +6,15 @@ gradient statistics), ``theory`` (closed-form results), ``spectral`` (singular v
 model's weights, the orthogonality penalty), ``distributed`` (clipping and NaN checks across
 processes), ``plot`` (the book's figures), ``propagation`` (signals and gradients through random
 networks, measured), ``exercises`` (checkers for the reader's solutions), ``doctor`` (the
-function ``gl.doctor``: a diagnosis of any model's gradients, run on a copy), ``utils`` (seeding,
+function ``gl.doctor``: a diagnosis of any model's gradients, run on a copy), ``claims``
+(popular claims about exploding gradients, each tested by an experiment), ``utils`` (seeding,
 the thread policy, device, source).
 """
 
 from . import (
     activations,
     amp,
+    claims,
     clip,
     data,
     distributed,
@@ -38,6 +40,7 @@ __all__ = [
     "GradientMonitor",
     "activations",
     "amp",
+    "claims",
     "NonFiniteError",
     "clip",
     "data",

@@ -21,10 +21,12 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
 - :mod:`.diagnostics`: the growth of gradient norms toward the input ("Diagnosing a run")
+- :mod:`.claims`: the first step of a run whose gradient overflows ("Popular claims, tested")
 """
 
 from .accumulation import check_accumulated_gradient
 from .activations import MOMENT_MAP_ACTIVATIONS, check_moment_map
+from .claims import check_first_overflow_step
 from .clipping import check_clip_grad_norm
 from .clipping_theory import check_clipped_sgd_fixed_point
 from .diagnostics import check_gradient_growth
@@ -52,6 +54,7 @@ __all__ = [
     "check_adamw_step",
     "check_batchnorm_backward",
     "check_bptt_jacobian",
+    "check_first_overflow_step",
     "check_chi1",
     "check_clip_grad_norm",
     "check_clipped_sgd_fixed_point",
