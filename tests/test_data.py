@@ -439,13 +439,13 @@ def test_load_text_refuses_unknown_names(name, error):
 
 def test_char_codec_round_trip_and_vocabulary():
     codec = CharCodec("hello, world")
-    assert codec.vocab == tuple(sorted(set("hello, world"))) and codec.vocab_size == 8
+    assert codec.vocab == tuple(sorted(set("hello, world"))) and codec.vocab_size == 9
     ids = codec.encode("world hello")
     assert ids.dtype == torch.long and ids.shape == (11,)
     assert ids.tolist() == [codec.vocab.index(c) for c in "world hello"]
     assert codec.decode(ids) == "world hello" and codec.decode(ids.tolist()) == "world hello"
     assert codec.encode("").shape == (0,) and codec.decode([]) == ""
-    assert repr(codec) == "CharCodec(vocab_size=8)"
+    assert repr(codec) == "CharCodec(vocab_size=9)"
     text = load_text("shakespeare")
     full = CharCodec(text)
     assert full.vocab_size == 62 and full.decode(full.encode(text[:5000])) == text[:5000]
