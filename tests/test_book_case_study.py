@@ -1,7 +1,8 @@
 """The measured claims of book/case_study.md, recomputed with the chapter's set-up: the failing
 run (Post-LN, Adam at 0.05, no warm-up) stalls at the entropy of the character frequencies; warm-up,
 Pre-LN and a learning rate of 0.01 each fix it by more than the spread of the seeds, clipping at
-0.25 and eps = 1e-6 do not; the first block's gradients vanish in the failing run; Adam's first
+0.25 and eps = 1e-6 do not; a learning rate of 0.2 stalls too, without a NaN; the first block's gradients vanish in the
+failing run; Adam's first
 update ratio is lr * sqrt(fan_in); the doctor flags the update ratios and nothing else."""
 
 import math
@@ -61,7 +62,8 @@ def _run(text, *, norm_position="post", lr=LR, warmup=0, clip=None, eps=1e-8, se
 
 
 CONFIGS = {"failing": {}, "warm-up": {"warmup": 30}, "Pre-LN": {"norm_position": "pre"},
-           "lr 0.01": {"lr": 0.01}, "clipping": {"clip": 0.25}, "eps": {"eps": 1e-6}}
+           "lr 0.01": {"lr": 0.01}, "clipping": {"clip": 0.25}, "eps": {"eps": 1e-6},
+           "lr 0.2": {"lr": 0.2}}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,12 @@ def test_clipping_and_eps_leave_the_run_stalled(runs, text, change):
     """Every seed within 0.05 nats of the unigram entropy, like the failing run."""
     for v in _vals(runs, change):
         assert abs(v - text["entropy"]) < 0.05, (change, v)
+
+
+def test_four_times_the_learning_rate_stalls_too_without_nan(runs, text):
+    """lr 0.2: every seed within 0.1 nat of the unigram entropy, no NaN/Inf (no divergence)."""
+    for r in runs["lr 0.2"]:
+        assert abs(r["val"] - text["entropy"]) < 0.1 and not r["history"].stopped, r["val"]
 
 
 def test_first_block_gradients_vanish_only_in_the_failing_run(runs):
