@@ -1,9 +1,9 @@
 """The measured claims of book/case_study.md, recomputed with the chapter's set-up: the failing
-run (Post-LN, Adam at 0.05, no warm-up) stalls at the entropy of the character frequencies; warm-up,
-Pre-LN and a learning rate of 0.01 each fix it by more than the spread of the seeds, clipping at
-0.25 and eps = 1e-6 do not; a learning rate of 0.2 stalls too, without a NaN; the first block's gradients vanish in the
-failing run; Adam's first
-update ratio is lr * sqrt(fan_in); the doctor flags the update ratios and nothing else."""
+run (Post-LN, Adam at 0.05, no warm-up) stalls at the entropy of the character frequencies;
+warm-up, Pre-LN and a learning rate of 0.01 each fix it by more than the spread of the seeds,
+clipping at 0.25 and eps = 1e-6 do not; a learning rate of 0.2 stalls too, without a NaN; the
+first block's gradients vanish in the failing run; Adam's first update ratio is
+lr * sqrt(fan_in); the doctor flags the update ratios and nothing else."""
 
 import math
 import warnings
