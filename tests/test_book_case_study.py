@@ -3,7 +3,8 @@ run (Post-LN, Adam at 0.05, no warm-up) stalls at the entropy of the character f
 warm-up, Pre-LN and a learning rate of 0.01 each fix it by more than the spread of the seeds,
 clipping at 0.25 and eps = 1e-6 do not; a learning rate of 0.2 stalls too, without a NaN; the
 first block's gradients vanish in the failing run; Adam's first update ratio is
-lr * sqrt(fan_in); the doctor flags the update ratios and nothing else."""
+lr * sqrt(fan_in); the doctor flags the update ratios at initialization and a vanishing gradient
+in the stalled models."""
 
 import math
 import warnings
@@ -57,7 +58,8 @@ def _run(text, *, norm_position="post", lr=LR, warmup=0, clip=None, eps=1e-8, se
                      scheduler=schedule, monitor=monitor)
     with torch.no_grad():
         logits = model(text["val"][0])
-    return {"history": history, "monitor": monitor, "val": float(gl.models.lm_loss(logits, text["val"][1])),
+    return {"model": model, "history": history, "monitor": monitor,
+            "val": float(gl.models.lm_loss(logits, text["val"][1])),
             "spread": float(logits.std(dim=(0, 1)).mean())}
 
 
@@ -147,3 +149,16 @@ def test_doctor_flags_only_update_ratios_in_post_and_pre_ln(text):
         ratios = report.of_kind("update_ratio")[0].values["ratios"]
         assert min(ratios.values()) > 0.03 and max(ratios.values()) < 1.0  # 40 to 300 times the band
         assert math.isfinite(sum(ratios.values()))
+
+
+def test_doctor_finds_the_vanishing_gradient_in_the_stalled_models_only(runs, text):
+    """After training: a vanishing gradient (a factor > 1000, at blocks.0.attn.qkv) on at least 2
+    of the 3 stalled models, no warning or error on the Pre-LN ones."""
+    batch = gl.data.token_batches(text["train"], batch_size=BATCH, context=CONTEXT, seed=0)(0)
+    found = [gl.doctor(r["model"], gl.models.lm_loss, batch).of_kind("vanishing_gradient")
+             for r in runs["failing"]]
+    flagged = [f[0] for f in found if f]
+    assert len(flagged) >= 2
+    assert all(1 / f.values["growth"] > 1000 and f.where == "blocks.0.attn.qkv" for f in flagged)
+    for r in runs["Pre-LN"]:
+        assert gl.doctor(r["model"], gl.models.lm_loss, batch).kinds == set()
