@@ -123,6 +123,15 @@ def test_first_block_gradients_vanish_only_in_the_failing_run(runs):
     assert min(drop(r) for r in runs["failing"]) > 100
     assert max(drop(r) for r in runs["Pre-LN"]) < 50
 
+    def ratio_to_step0(r):
+        g = r["monitor"].grad_norms[:, [i for i, n in enumerate(r["monitor"].layer_names)
+                                        if n.startswith("blocks.0.")]]
+        return np.median(g / g[0], axis=1)
+
+    # "It happens early": below 1/100 of step 0 within the first 10 steps; never for Pre-LN.
+    assert all((ratio_to_step0(r)[:10] < 1e-2).any() for r in runs["failing"])
+    assert not any((ratio_to_step0(r) < 1e-2).any() for r in runs["Pre-LN"])
+
 
 def test_adam_first_update_ratio_is_lr_sqrt_fan_in(runs, text):
     """Every linear weight of every seed: the first step's ||dW|| / ||W|| within 5% of
