@@ -53,12 +53,19 @@ def _run(text, *, norm_position="post", lr=LR, warmup=0, clip=None, eps=1e-8, se
     schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
                 if warmup else None)
     monitor = gl.GradientMonitor(model, optimizer)
+    probe = text["val"][0][:16]
+
+    def spread():
+        with torch.no_grad():
+            return float(model(probe).std(dim=(0, 1)).mean())
+
+    spreads = [spread()]
     data = gl.data.token_batches(text["train"], batch_size=BATCH, context=CONTEXT, seed=seed)
     history = gl.fit(model, gl.models.lm_loss, data, optimizer, steps=STEPS, clip=clip,
-                     scheduler=schedule, monitor=monitor)
+                     scheduler=schedule, monitor=monitor, callback=lambda record: spreads.append(spread()))
     with torch.no_grad():
         logits = model(text["val"][0])
-    return {"model": model, "history": history, "monitor": monitor,
+    return {"model": model, "history": history, "monitor": monitor, "spreads": np.array(spreads),
             "val": float(gl.models.lm_loss(logits, text["val"][1])),
             "spread": float(logits.std(dim=(0, 1)).mean())}
 
@@ -131,6 +138,18 @@ def test_first_block_gradients_vanish_only_in_the_failing_run(runs):
     # "It happens early": below 1/100 of step 0 within the first 10 steps; never for Pre-LN.
     assert all((ratio_to_step0(r)[:10] < 1e-2).any() for r in runs["failing"])
     assert not any((ratio_to_step0(r) < 1e-2).any() for r in runs["Pre-LN"])
+
+
+def test_logit_spread_collapses_after_the_first_step_only_in_post_ln(runs):
+    """The chapter's callback reading: after step 1 the Post-LN spread is below 0.15 of its
+    initial value and the Pre-LN one above 0.15; after 10 steps Post-LN is below 0.01; Pre-LN
+    ends above its initial value."""
+    for r in runs["failing"]:
+        ratio = r["spreads"] / r["spreads"][0]
+        assert ratio[1] < 0.15 and ratio[10] < 0.01, ratio[:11]
+    for r in runs["Pre-LN"]:
+        ratio = r["spreads"] / r["spreads"][0]
+        assert ratio[1] > 0.15 and ratio[-1] > 1.0, ratio[[1, -1]]
 
 
 def test_adam_first_update_ratio_is_lr_sqrt_fan_in(runs, text):
