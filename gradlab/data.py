@@ -1,6 +1,7 @@
 """Synthetic data sets, generated on the fly: a teacher regression task for the feed-forward
 chapters, two sequence tasks with long time lags for the recurrent ones, and a token stream with
-a known entropy rate (plus random windows of it) for language models.
+a known entropy rate (plus random windows of it) for language models; and one real text shipped
+with the package (:func:`load_text`, with :class:`CharCodec` to turn it into token ids).
 
 Each generator draws from its own ``torch.Generator`` seeded with ``seed``, so the same
 arguments always give the same tensors and the global random state is left untouched.
