@@ -17,7 +17,7 @@ from .harness import Case, CheckResult, Slips, describe, run
 
 def warmup_cosine_reference(warmup: int, total: int, base_lr: float, min_lr: float) -> list[float]:
     """The learning rates of steps ``0 .. total - 1`` that PyTorch's
-    ``SequentialLR([LinearLR(start_factor=1/warmup, total_iters=warmup-1),
+    ``SequentialLR([LinearLR(start_factor=1/warmup, total_iters=max(warmup-1, 1)),
     CosineAnnealingLR(T_max=total-warmup, eta_min=min_lr)], milestones=[warmup])`` gives an
     optimizer created with ``lr=base_lr``: ``base_lr (s+1)/warmup`` for ``s < warmup``, then
     ``min_lr + (base_lr - min_lr)(1 + cos(π (s - warmup)/(total - warmup)))/2``."""
@@ -37,7 +37,7 @@ def warmup_cosine_reference(warmup: int, total: int, base_lr: float, min_lr: flo
 
 
 def _schedule_case(g: torch.Generator, i: int) -> Case:
-    """A schedule of 2 to 200 steps with 2 to half of them warm-up, a step in the warm-up (even
+    """A schedule of 4 to 200 steps with 2 to half of them warm-up, a step in the warm-up (even
     cases) or in the decay (odd cases); every third case decays to a nonzero ``min_lr``."""
     total = int(torch.randint(4, 201, (1,), generator=g))
     warmup = int(torch.randint(2, total // 2 + 1, (1,), generator=g))
