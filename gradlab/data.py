@@ -1,6 +1,7 @@
 """Synthetic data sets, generated on the fly: a teacher regression task for the feed-forward
 chapters, two sequence tasks with long time lags for the recurrent ones, and a token stream with
-a known entropy rate (plus random windows of it) for language models.
+a known entropy rate (plus random windows of it) for language models; and one real text shipped
+with the package (:func:`load_text`, with :class:`CharCodec` to turn it into token ids).
 
 Each generator draws from its own ``torch.Generator`` seeded with ``seed``, so the same
 arguments always give the same tensors and the global random state is left untouched.
@@ -239,3 +240,67 @@ def token_batches(
         return tokens[starts + offsets], tokens[starts + offsets + 1]
 
     return draw
+
+
+CORPORA: dict[str, str] = {"shakespeare": "shakespeare.txt"}
+"""The texts shipped in ``gradlab/corpus`` (source, licence and SHA-256 in its README), by name."""
+
+
+def load_text(name: str = "shakespeare") -> str:
+    """The text ``name`` of :data:`CORPORA`, read from the package (no download).
+
+    ``"shakespeare"``: the first 199,995 characters of Karpathy's tiny-shakespeare (plays of
+    Shakespeare, public domain), cut at a line end; see ``gradlab/corpus/README.md``.
+    """
+    name = check_choice("name", name, tuple(CORPORA))
+    from importlib.resources import files  # only this function reads package data
+
+    return files("gradlab.corpus").joinpath(CORPORA[name]).read_text(encoding="utf-8")
+
+
+class CharCodec:
+    """Characters to token ids and back, with the vocabulary of a text.
+
+    The vocabulary is the sorted set of the characters of ``text``; character ``c`` has id
+    ``vocab.index(c)``. ``encode`` refuses a character outside the vocabulary (a model has no
+    embedding for it) and ``decode`` an id outside ``[0, vocab_size)``.
+    """
+
+    def __init__(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not text:
+            raise ValueError("text must hold at least one character, got ''")
+        self.vocab: tuple[str, ...] = tuple(sorted(set(text)))
+        self._index = {c: i for i, c in enumerate(self.vocab)}
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of distinct characters."""
+        return len(self.vocab)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """The ids of the characters of ``text``, an int64 tensor of shape ``(len(text),)``."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        unknown = sorted(set(text) - self._index.keys())
+        if unknown:
+            raise ValueError(f"text holds characters outside the vocabulary: {unknown[:5]!r}")
+        return torch.tensor([self._index[c] for c in text], dtype=torch.long)
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        """The characters of the ids ``ids`` (a 1-d tensor or a list of ints), joined."""
+        if isinstance(ids, torch.Tensor):
+            ids = check_tensor("ids", ids, ndim=1)
+            if ids.dtype != torch.long:
+                raise TypeError(f"ids must be token ids of dtype torch.long, got {ids.dtype}")
+            ids = ids.tolist()
+        elif not isinstance(ids, list | tuple) or not all(isinstance(i, int) for i in ids):
+            raise TypeError(f"ids must be a 1-d long tensor or a list of ints, got {type(ids).__name__}")
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids must lie in [0, {self.vocab_size}), got {bad[:5]}")
+        return "".join(self.vocab[i] for i in ids)
+
+    def __repr__(self) -> str:
+        return f"CharCodec(vocab_size={self.vocab_size})"

@@ -1,16 +1,22 @@
 """Tests for gradlab.data."""
 
+import hashlib
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+import gradlab
 from gradlab.data import (
+    CORPORA,
     TEACHER_KINDS,
     TEMPORAL_ORDER_CLASSES,
     TEMPORAL_ORDER_MIN_LEN,
     TEMPORAL_ORDER_SYMBOLS,
+    CharCodec,
     adding_problem,
+    load_text,
     markov_tokens,
     teacher_regression,
     temporal_order,
@@ -399,3 +405,64 @@ def test_token_batches_refuses_a_bad_index():
         draw(-1)
     with pytest.raises(TypeError, match="i"):
         draw(1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# load_text, CharCodec
+# ---------------------------------------------------------------------------------------------
+
+SHAKESPEARE_SHA256 = "f4873901480a3d057b1ffba50d56ea3cfb5a5bd67bb0ca1bfc451324e80a3cf7"
+
+
+def test_load_text_shakespeare_is_the_file_the_readme_describes():
+    text = load_text("shakespeare")
+    assert text == load_text()
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == SHAKESPEARE_SHA256
+    assert len(text) == 199_995 and text.isascii() and len(set(text)) == 62
+    assert text.startswith("First Citizen:\nBefore we proceed any further") and text.endswith("degree?\n\n")
+    readme = (Path(gradlab.data.__file__).parent / "corpus" / "README.md").read_text(encoding="utf-8")
+    assert SHAKESPEARE_SHA256 in readme and "public domain" in readme and "199,995" in readme
+
+
+def test_corpus_is_package_data():
+    """An installed (non-editable) package must carry the text: pyproject names it."""
+    pyproject = (Path(gradlab.__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"gradlab.corpus" = ["*.txt", "README.md"]' in pyproject
+    assert set(CORPORA) == {"shakespeare"}
+
+
+@pytest.mark.parametrize(("name", "error"), [("hamlet", ValueError), (3, ValueError)])
+def test_load_text_refuses_unknown_names(name, error):
+    with pytest.raises(error, match="name"):
+        load_text(name)
+
+
+def test_char_codec_round_trip_and_vocabulary():
+    codec = CharCodec("hello, world")
+    assert codec.vocab == tuple(sorted(set("hello, world"))) and codec.vocab_size == 9
+    ids = codec.encode("world hello")
+    assert ids.dtype == torch.long and ids.shape == (11,)
+    assert ids.tolist() == [codec.vocab.index(c) for c in "world hello"]
+    assert codec.decode(ids) == "world hello" and codec.decode(ids.tolist()) == "world hello"
+    assert codec.encode("").shape == (0,) and codec.decode([]) == ""
+    assert repr(codec) == "CharCodec(vocab_size=9)"
+    text = load_text("shakespeare")
+    full = CharCodec(text)
+    assert full.vocab_size == 62 and full.decode(full.encode(text[:5000])) == text[:5000]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (lambda: CharCodec(""), ValueError, "text"),
+    (lambda: CharCodec(["a"]), TypeError, "text"),
+    (lambda: CharCodec("abc").encode("abz"), ValueError, "'z'"),
+    (lambda: CharCodec("abc").encode(b"ab"), TypeError, "text"),
+    (lambda: CharCodec("abc").decode([0, 3]), ValueError, r"\[0, 3\)"),
+    (lambda: CharCodec("abc").decode([-1]), ValueError, "ids"),
+    (lambda: CharCodec("abc").decode(torch.tensor([0.0])), TypeError, "ids"),
+    (lambda: CharCodec("abc").decode(torch.zeros(1, 2, dtype=torch.long)), ValueError, "ids"),
+    (lambda: CharCodec("abc").decode("ab"), TypeError, "ids"),
+    (lambda: CharCodec("abc").decode([0.5]), TypeError, "ids"),
+])
+def test_char_codec_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -21,11 +21,13 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.distributed`: the global norm from local shard norms ("Distributed training")
 - :mod:`.mixed_precision`: one update of dynamic loss scaling ("Mixed precision")
 - :mod:`.diagnostics`: the growth of gradient norms toward the input ("Diagnosing a run")
+- :mod:`.case_study`: a linear warm-up + cosine schedule ("Case study")
 - :mod:`.claims`: the first step of a run whose gradient overflows ("Popular claims, tested")
 """
 
 from .accumulation import check_accumulated_gradient
 from .activations import MOMENT_MAP_ACTIVATIONS, check_moment_map
+from .case_study import check_warmup_cosine
 from .claims import check_first_overflow_step
 from .clipping import check_clip_grad_norm
 from .clipping_theory import check_clipped_sgd_fixed_point
@@ -70,4 +72,5 @@ __all__ = [
     "check_scalar_chain_gradient",
     "check_update_scale",
     "check_variance_shift",
+    "check_warmup_cosine",
 ]
