@@ -456,18 +456,21 @@ def residual_gains(
 
 
 def first_step_change(blocks: nn.Module | Sequence[nn.Module], x: torch.Tensor,
-                      grad_output: torch.Tensor, lr: float) -> float:
-    """``||x_L' - x_L||``: how far one SGD step of learning rate ``lr`` on every parameter of
+                      grad_output: torch.Tensor, lr: float) -> torch.Tensor:
+    """``x_L' - x_L`` (float64): how one SGD step of learning rate ``lr`` on every parameter of
     ``blocks``, for the loss ``ℓ = sum(x_L * grad_output)``, moves the stack's output ``x_L`` on
     the input ``x``. The step is taken on a copy; ``blocks`` is left unchanged.
-    :func:`gradlab.theory.fixup_update_size` predicts it for Fixup blocks and
-    :func:`gradlab.theory.rezero_update_size` its mean for ReZero blocks (times ``||grad_output||``).
+    :func:`gradlab.theory.fixup_update_size` predicts its norm for Fixup blocks (divided by
+    ``||grad_output||``), :func:`gradlab.theory.rezero_update_size` the mean of
+    ``-<change, grad_output> / ||grad_output||²`` for ReZero blocks.
     """
     stack = [copy.deepcopy(b) for b in _as_blocks(blocks)]
     x = check_tensor("x", x)
     grad_output = check_tensor("grad_output", grad_output)
     lr = check_real("lr", lr, minimum=0.0)
     params = [p for block in stack for p in block.parameters()]
+    if not params:
+        raise ValueError("blocks have no parameters to take a step with")
 
     def run(inp: torch.Tensor) -> torch.Tensor:
         for block in stack:
@@ -484,7 +487,7 @@ def first_step_change(blocks: nn.Module | Sequence[nn.Module], x: torch.Tensor,
             if grad is not None:
                 p -= lr * grad
         after = run(x)
-    return float((after - before.detach()).double().norm())
+    return (after - before.detach()).double()
 
 
 __all__ = ["ExampleNorms", "StackGains", "StackNorms", "ffn_weight_gradients", "first_step_change",
