@@ -53,8 +53,11 @@ class ResidualBlock(nn.Module):
             raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
         if residual_scale == "rezero" and not residual:
             raise ValueError("residual_scale='rezero' needs residual=True")
-        self.linear1 = init_linear_(nn.Linear(width, width, bias=False), "he")
-        self.linear2 = init_linear_(nn.Linear(width, width, bias=False), "gaussian")
+        self.linear1 = nn.Linear(width, width, bias=False)
+        self.linear2 = nn.Linear(width, width, bias=False)
+        with torch.no_grad():  # init_linear_'s "he" and "gaussian", without its checks: stacks are deep
+            self.linear1.weight.normal_(0.0, math.sqrt(2.0 / width))
+            self.linear2.weight.normal_(0.0, math.sqrt(1.0 / width))
         self.residual = residual
         self.residual_scale = residual_scale
         self.gate = nn.Parameter(torch.zeros(())) if residual_scale == "rezero" else None
@@ -99,9 +102,11 @@ class FixupBlock(nn.Module):
         if branch_scale is None:
             branch_scale = n_blocks ** (-1.0 / (2 * 2 - 2))
         branch_scale = check_real("branch_scale", branch_scale, minimum=0.0)
-        self.linear1 = init_linear_(nn.Linear(width, width, bias=False), "he", gain=branch_scale)
+        self.linear1 = nn.Linear(width, width, bias=False)
         self.linear2 = nn.Linear(width, width, bias=False)
-        nn.init.zeros_(self.linear2.weight)
+        with torch.no_grad():
+            self.linear1.weight.normal_(0.0, branch_scale * math.sqrt(2.0 / width))  # He times the multiplier
+            self.linear2.weight.zero_()
         self.bias1 = nn.Parameter(torch.zeros(()))
         self.bias2 = nn.Parameter(torch.zeros(()))
         self.bias3 = nn.Parameter(torch.zeros(()))
