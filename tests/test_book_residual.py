@@ -26,13 +26,13 @@ def one_thread():
 
 
 def test_depth_sweep_plain_explodes_and_remedies_stay_bounded():
-    """Width 64, 2 seeds: s = 1/sqrt(L) within 30% of (1 + 1/L)^L at L = 10, 100, 1000; the plain
+    """Width 128, 2 seeds: s = 1/sqrt(L) within 30% of (1 + 1/L)^L at L = 10, 100, 1000; the plain
     stack at 1000 blocks between 10^280 and 10^302 (the mean 2^1000 = 10^301), that is between 1.9
     and 2 per block; Fixup and ReZero exactly 1."""
     for L in (10, 100, 1000):
-        scaled = residual_gains("sqrt_depth", L, seeds=2).gradient
+        scaled = residual_gains("sqrt_depth", L, width=128, seeds=2).gradient
         assert np.all(np.abs(scaled / residual_growth(L**-0.5, 1.0, L) - 1) < 0.3), (L, scaled)
-    log_plain = np.log10(residual_gains(1.0, 1000, seeds=2).gradient)
+    log_plain = np.log10(residual_gains(1.0, 1000, width=128, seeds=2).gradient)
     assert np.all((log_plain > 280) & (log_plain < 302)), log_plain
     rate = 10 ** (log_plain.mean() / 1000)
     assert 1.9 < rate < 2.0
@@ -47,11 +47,11 @@ def test_float32_stream_overflows_near_the_estimate():
         plain = gl.models.resmlp(400, 128, residual_scale=1.0)
     h = torch.randn(16, 128, generator=torch.Generator().manual_seed(0))
     estimate = 2 * math.log2(torch.finfo(torch.float32).max / float(h.abs().max()))
+    block_index = 0
     with torch.no_grad():
-        for block_index, block in enumerate(plain.blocks, start=1):
-            h = block(h)
-            if not torch.isfinite(h).all():
-                break
+        while torch.isfinite(h).all():
+            h = plain.blocks[block_index](h)
+            block_index += 1
     assert abs(block_index / estimate - 1) < 0.1, (block_index, estimate)
 
 
@@ -80,7 +80,8 @@ def test_rezero_first_gradient_reaches_only_the_gates():
     with seeded(0):
         rezero = gl.models.resmlp(30, 128, residual_scale="rezero")
     (rezero.blocks(torch.randn(1, 128)) * torch.randn(1, 128)).sum().backward()
-    nonzero = [n for n, p in rezero.blocks.named_parameters() if p.grad is not None and p.grad.abs().max() > 0]
+    nonzero = [n for n, p in rezero.blocks.named_parameters()
+               if p.grad is not None and p.grad.abs().max() > 0]
     assert len(nonzero) == 30 and all(n.endswith("gate") for n in nonzero)
 
 
@@ -104,9 +105,9 @@ def test_training_plain_stack_stops_and_the_remedies_train():
 
 def test_one_layer_relu_branches_are_not_bounded_by_sqrt_depth():
     """gl.mlp(..., residual=True, residual_scale="sqrt_depth"), width 128, 3 seeds: the squared
-    gradient gain exceeds e at 10 blocks and 1e3 at 200, while the mean-free two-layer branch of
+    gradient gain exceeds 10 at 50 blocks and 1e3 at 200, while the mean-free two-layer branch of
     resmlp stays within 30% of (1 + 1/200)^200 < e."""
-    for K, bound in ((10, math.e), (200, 1e3)):
+    for K, bound in ((50, 10.0), (200, 1e3)):
         for seed in range(3):
             with seeded(seed):
                 net = gl.mlp(K + 1, 128, residual=True, residual_scale="sqrt_depth")

@@ -43,7 +43,8 @@ def test_rezero_block_is_identity_and_only_the_gate_gets_a_gradient():
     torch.testing.assert_close(out, x)
     out.pow(2).sum().backward()
     assert float(block.gate.grad.abs()) > 0
-    assert float(block.linear1.weight.grad.abs().max()) == 0 and float(block.linear2.weight.grad.abs().max()) == 0
+    assert float(block.linear1.weight.grad.abs().max()) == 0
+    assert float(block.linear2.weight.grad.abs().max()) == 0
     with torch.no_grad():
         block.gate.fill_(0.5)
     torch.testing.assert_close(block(x), x + 0.5 * block.branch(x))
@@ -69,12 +70,14 @@ def test_fixup_block_initialization_and_forward():
         block = FixupBlock(256, L)
     assert block.linear2.weight.abs().max().item() == 0
     assert abs(block.linear1.weight.std().item() / (math.sqrt(2 / 256) / math.sqrt(L)) - 1) < 0.03
-    assert block.multiplier.item() == 1 and all(b.item() == 0 for b in (block.bias1, block.bias2, block.bias3))
+    assert block.multiplier.item() == 1
+    assert all(b.item() == 0 for b in (block.bias1, block.bias2, block.bias3))
     x = torch.randn(3, 256)
     torch.testing.assert_close(block(x), x)
     with torch.no_grad():
         block.linear2.weight.normal_()
-        for p, value in ((block.bias1, 0.1), (block.bias2, -0.2), (block.bias3, 0.3), (block.multiplier, 0.7)):
+        for p, value in ((block.bias1, 0.1), (block.bias2, -0.2), (block.bias3, 0.3),
+                         (block.multiplier, 0.7)):
             p.fill_(value)
     h = torch.relu(F.linear(x + 0.1, block.linear1.weight) - 0.2)
     torch.testing.assert_close(block(x), x + 0.7 * F.linear(h + 0.3, block.linear2.weight))
