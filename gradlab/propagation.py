@@ -432,7 +432,7 @@ def residual_gains(
     ``gl.models.resmlp(depth, width, residual_scale=..., residual=...)`` at initialization, for
     seeds ``0, ..., seeds - 1`` (:class:`StackGains`): the model's weights from
     ``gradlab.utils.seeded(seed)``, a Gaussian batch ``x`` and output gradient ``v`` of shape
-    ``(batch, width)`` from ``torch.Generator().manual_seed(seed)``. For ``x + s F(x)`` blocks,
+    ``(batch, width)`` from ``torch.Generator().manual_seed(10_000 + seed)``. For ``x + s F(x)`` blocks,
     :func:`gradlab.theory.residual_growth` ``(s, 1, depth)`` predicts both means. Computed in
     ``dtype`` (float64 by default: ``2^1000`` fits, float32 overflows near ``2^128``).
     """
@@ -446,7 +446,7 @@ def residual_gains(
     for seed in range(seeds):
         with seeded(seed):
             model = resmlp(depth, width, residual_scale=residual_scale, residual=residual).to(dtype)
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(10_000 + seed)  # not the weights' stream
         x = torch.randn(batch, width, generator=g, dtype=dtype)
         v = torch.randn(batch, width, generator=g, dtype=dtype)
         norms = stack_norms(model.blocks, x, v)

@@ -99,7 +99,7 @@ def test_fixup_update_size_matches_the_first_sgd_step(L):
     for seed in range(6):
         with seeded(seed):
             blocks = [FixupBlock(64, L) for _ in range(L)]
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(10_000 + seed)
         x, v = torch.randn(1, 64, generator=g), torch.randn(1, 64, generator=g)
         change = float(first_step_change(blocks, x, v, 1e-3).norm())
         ratios.append(change / (fixup_update_size(1e-3, float(x.pow(2).sum()), L) * float(v.norm())))
@@ -114,7 +114,7 @@ def test_fixup_update_size_without_the_multiplier_grows_with_depth():
     for seed in range(3):
         with seeded(seed):
             blocks = [FixupBlock(64, 30, branch_scale=1.0) for _ in range(30)]
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(10_000 + seed)
         x, v = torch.randn(1, 64, generator=g), torch.randn(1, 64, generator=g)
         change = float(first_step_change(blocks, x, v, 1e-5).norm())
         predicted = fixup_update_size(1e-5, float(x.pow(2).sum()), 30, multiplier=1.0)
@@ -129,7 +129,7 @@ def test_rezero_update_size_matches_the_mean_step_along_v():
     for seed in range(16):
         with seeded(seed):
             blocks = resmlp(30, 64, residual_scale="rezero").blocks
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(10_000 + seed)
         x, v = torch.randn(1, 64, generator=g), torch.randn(1, 64, generator=g)
         along = -float((first_step_change(blocks, x, v, 1e-3) * v.double()).sum()) / float(v.pow(2).sum())
         ratios.append(along / rezero_update_size(1e-3, float(x.pow(2).sum()), 30, 64))

@@ -23,6 +23,15 @@ from .mlp import init_linear_
 RESMLP_SCALES = ("sqrt_depth", "rezero", "fixup")
 
 
+def _gaussian_linear(width: int, std: float) -> nn.Linear:
+    """A bias-free ``width -> width`` linear layer with N(0, std²) weights, drawn from the global
+    generator. Built on the meta device first: nn.Linear's own initialization would draw a second
+    set of random numbers, which in stacks of a thousand blocks costs more than the forward pass."""
+    layer = nn.Linear(width, width, bias=False, device="meta")
+    layer.weight = nn.Parameter(torch.randn(width, width) * std)
+    return layer
+
+
 def _scale_or_rezero(residual_scale: object) -> float | str:
     if isinstance(residual_scale, str):
         return check_choice("residual_scale", residual_scale, ["rezero"])
@@ -53,11 +62,8 @@ class ResidualBlock(nn.Module):
             raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
         if residual_scale == "rezero" and not residual:
             raise ValueError("residual_scale='rezero' needs residual=True")
-        self.linear1 = nn.Linear(width, width, bias=False)
-        self.linear2 = nn.Linear(width, width, bias=False)
-        with torch.no_grad():  # init_linear_'s "he" and "gaussian", without its checks: stacks are deep
-            self.linear1.weight.normal_(0.0, math.sqrt(2.0 / width))
-            self.linear2.weight.normal_(0.0, math.sqrt(1.0 / width))
+        self.linear1 = _gaussian_linear(width, math.sqrt(2.0 / width))  # He
+        self.linear2 = _gaussian_linear(width, math.sqrt(1.0 / width))  # LeCun
         self.residual = residual
         self.residual_scale = residual_scale
         self.gate = nn.Parameter(torch.zeros(())) if residual_scale == "rezero" else None
@@ -102,11 +108,8 @@ class FixupBlock(nn.Module):
         if branch_scale is None:
             branch_scale = n_blocks ** (-1.0 / (2 * 2 - 2))
         branch_scale = check_real("branch_scale", branch_scale, minimum=0.0)
-        self.linear1 = nn.Linear(width, width, bias=False)
-        self.linear2 = nn.Linear(width, width, bias=False)
-        with torch.no_grad():
-            self.linear1.weight.normal_(0.0, branch_scale * math.sqrt(2.0 / width))  # He times the multiplier
-            self.linear2.weight.zero_()
+        self.linear1 = _gaussian_linear(width, branch_scale * math.sqrt(2.0 / width))
+        self.linear2 = _gaussian_linear(width, 0.0)  # linear1: He times the multiplier; linear2: zero
         self.bias1 = nn.Parameter(torch.zeros(()))
         self.bias2 = nn.Parameter(torch.zeros(()))
         self.bias3 = nn.Parameter(torch.zeros(()))
