@@ -26,9 +26,9 @@ def one_thread():
 
 
 def test_depth_sweep_plain_explodes_and_remedies_stay_bounded():
-    """Width 64, 2 seeds: s = 1/sqrt(L) within 30% of (1 + 1/L)^L at L = 10, 100, 1000; the plain
-    stack at 1000 blocks between 10^280 and 10^302 (the mean 2^1000 = 10^301), that is between 1.9
-    and 2 per block; Fixup and ReZero exactly 1."""
+    """Width 64, 2 seeds (the chapter uses 1 at L = 1000): s = 1/sqrt(L) within 30% of (1 + 1/L)^L
+    at L = 10, 100, 1000; the plain stack at 1000 blocks between 10^280 and 10^302 (the mean
+    2^1000 = 10^301), that is between 1.9 and 2 per block; Fixup and ReZero exactly 1."""
     for L in (10, 100, 1000):
         scaled = residual_gains("sqrt_depth", L, width=64, seeds=2).gradient
         assert np.all(np.abs(scaled / residual_growth(L**-0.5, 1.0, L) - 1) < 0.3), (L, scaled)
@@ -68,12 +68,14 @@ def _fixup_ratio(L, seed, branch_scale=None, width=128, lr=1e-3):
 def test_fixup_first_step_at_every_depth_and_the_zero_last_layer_alone():
     """Width 128, lr 1e-3: Fixup's step is within 25% of the prediction at L = 10 (4 seeds), 10% at
     L = 100 (2 seeds) and 3% at L = 1000 (1 seed). The zero last layer alone is within 20% of its
-    first-order prediction at L = 10 and moves the output by more than 1e6 ||v|| at L = 1000."""
+    first-order prediction at L = 10 (4 seeds); at L = 100 (2 seeds) it moves the output by more
+    than 30 ||v||, more than 3 times even its first-order prediction."""
     for L, seeds, tol in ((10, 4, 0.25), (100, 2, 0.10), (1000, 1, 0.03)):
         for seed in range(seeds):
             assert abs(_fixup_ratio(L, seed)[1] - 1) < tol, (L, seed)
     assert abs(np.mean([_fixup_ratio(10, s, 1.0)[1] for s in range(4)]) - 1) < 0.2
-    assert _fixup_ratio(1000, 0, 1.0)[0] > 1e6
+    deep = np.array([_fixup_ratio(100, s, 1.0) for s in range(2)])
+    assert np.all(deep[:, 0] > 30) and np.all(deep[:, 1] > 3), deep
 
 
 def test_rezero_first_gradient_reaches_only_the_gates():
