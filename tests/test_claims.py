@@ -113,6 +113,17 @@ def test_measurements_agree_with_their_predictions(verdicts):
     assert e["gain_1_depth_48"] < 1
 
 
+def test_torch_clipping_zeroes_the_finite_gradient_whose_float32_norm_overflows():
+    # The sentence of claim 13: every entry of the gain-5 network's first gradient is finite, its
+    # float32 norm is inf, and torch.nn.utils.clip_grad_norm_ then scales the gradients by 0.
+    x, y = claims._data(64)
+    model = exploding_mlp(seed=0, gain=5.0)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) == math.inf
+    assert all(torch.isfinite(p.grad).all() and not p.grad.any() for p in model.parameters())
+
+
 def test_layer_growth_on_a_geometric_network():
     x, y = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)), torch.zeros(64, 1)
     g = claims.layer_growth(exploding_mlp(seed=0, gain=1.4), x, y)
