@@ -170,8 +170,9 @@ def claim_batch_norm(depth: int = 30, width: int = 64, batch_size: int = 6, seed
         verdict, condition = "false", ""
     elif max(with_bn, linear_bn) >= EXPLODES:
         verdict = "conditional"
-        condition = ("it removes the growth that comes from the weights' scale, but its own "
-                     "backward pass grows the gradient layer by layer, more at small batches")
+        condition = ("against the growth that comes from the weights' scale; its own backward "
+                     "pass grows the gradient layer by layer, more at small batches, so a deep "
+                     "network still explodes")
     else:
         verdict, condition = "true", ""
     return Verdict(1, "batch normalization prevents explosion", verdict, condition, evidence,
