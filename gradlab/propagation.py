@@ -152,6 +152,20 @@ def _check_setting(sigma_w, sigma_b, depth, width, seeds) -> tuple:
             check_int("seeds", seeds, minimum=1))
 
 
+def _check_streams_apart(n_draws: int, width: int, name: str, value: int) -> None:
+    """The inputs of :func:`gradient_growth` and :func:`pair_correlations` come from
+    ``torch.Generator().manual_seed(i)``, the network from the global generator seeded with the same
+    ``i``: the same stream. The first ``width² + width`` numbers of it go to the first layer's
+    default initialization, which ``init_linear_`` then overwrites; the first layer's actual weights
+    are the next ones. Inputs that draw more than ``width² + width`` numbers would therefore repeat
+    the first layer's weights (measured: row ``j`` of ``W_1`` equals an input row up to scale),
+    which correlates inputs and weights. Refuse such settings rather than return biased numbers;
+    the book's calls (width 256, batch 64 or 8 pairs) draw far fewer."""
+    if n_draws > width * (width + 1):
+        raise ValueError(f"{name}={value} is too large for width={width}: the inputs would reuse the "
+                         f"random numbers of the first layer's weights (needs 2 * {name} <= width + 1)")
+
+
 def gradient_growth(
     activation: str,
     sigma_w: float,
@@ -170,7 +184,9 @@ def gradient_growth(
     first layer's length is already ``q_1 = sigma_w² E[x_j²] + sigma_b² = q``, with ``q = q*``
     (:func:`~gradlab.theory.q_star`), or ``q = sigma_w² + sigma_b²`` (unit-variance inputs) where
     no fixed point exists. The read-out sends back ``dL/dz_L = v ~ N(0, I)``. Inputs and ``v``
-    come from ``torch.Generator().manual_seed(i)``. Mean-field theory predicts
+    come from ``torch.Generator().manual_seed(i)``, the weights' stream, so ``2 * batch`` may not
+    exceed ``width + 1`` (ValueError; beyond it the inputs would repeat the first layer's weights).
+    Mean-field theory predicts
     ``chi_1^(L - l)`` for every row (:func:`~gradlab.theory.chi1`).
 
     Returns:
@@ -178,6 +194,7 @@ def gradient_growth(
     """
     sigma_w, sigma_b, depth, width, seeds = _check_setting(sigma_w, sigma_b, depth, width, seeds)
     batch = check_int("batch", batch, minimum=1)
+    _check_streams_apart(2 * batch * width, width, "batch", batch)
     input_std = _input_std(activation, sigma_w, sigma_b)
     rows = []
     for seed in range(seeds):
@@ -239,6 +256,7 @@ def pair_correlations(
     """
     sigma_w, sigma_b, depth, width, seeds = _check_setting(sigma_w, sigma_b, depth, width, seeds)
     pairs = check_int("pairs", pairs, minimum=1)
+    _check_streams_apart(2 * pairs * width, width, "pairs", pairs)
     input_std = _input_std(activation, sigma_w, sigma_b)
     rows = []
     for seed in range(seeds):

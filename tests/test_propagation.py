@@ -342,3 +342,24 @@ def test_first_step_change_equals_an_sgd_step_and_leaves_blocks_unchanged():
         propagation.first_step_change(blocks, x, v[:1], 0.01)
     with pytest.raises(ValueError, match="no parameters"):
         propagation.first_step_change([torch.nn.Identity()], x, v, 0.01)
+
+
+def test_inputs_never_repeat_the_first_layers_weights():
+    """gradient_growth and pair_correlations draw the inputs from Generator().manual_seed(i) and the
+    network under seeded(i): one stream. The first layer's weights are that stream's numbers after
+    width² + width (the overwritten default initialization); more input draws would repeat them.
+    At the book's settings (width 256, batch 64; 8 pairs) no input run equals a weight run; the
+    settings that would overlap raise."""
+    def shared_runs(activation, sigma_w, sigma_b, depth, width, n_draws):
+        net = propagation._random_mlp(0, activation, sigma_w, sigma_b, depth, width)
+        draws = torch.randn(n_draws, generator=torch.Generator().manual_seed(0)).double().numpy()
+        w = net.linears[0].weight.detach().double().flatten().numpy() / (sigma_w / math.sqrt(width))
+        return [i for i in np.nonzero(np.abs(draws - w[0]) < 1e-5)[0]
+                if i + 8 <= len(draws) and np.allclose(draws[i:i + 8], w[:8], atol=1e-5)]
+    assert shared_runs("tanh", 1.5, 0.3, 3, 256, 2 * 64 * 256) == []
+    assert shared_runs("tanh", 1.5, 0.3, 3, 32, 2 * 64 * 32) == [32 * 33]  # what the guard prevents
+    with pytest.raises(ValueError, match="batch"):
+        propagation.gradient_growth("tanh", 1.5, 0.3, depth=3, width=32, batch=64)
+    with pytest.raises(ValueError, match="pairs"):
+        propagation.pair_correlations("tanh", 1.5, 0.3, depth=3, width=8, pairs=5)
+    propagation.gradient_growth("tanh", 1.5, 0.3, depth=3, width=32, batch=16, seeds=1)  # 2 * 16 <= 33

@@ -172,8 +172,11 @@ def mlp(
         norm: ``None``, ``"batch"`` (BatchNorm1d) or ``"layer"`` (LayerNorm), after the linear.
         residual: wrap each hidden ``width -> width`` layer as ``x + residual_scale * f(x)``.
         residual_scale: the branch multiplier of residual layers: a number ``s``;
-            ``"sqrt_depth"``, ``s = 1 / sqrt(K)`` for the ``K`` residual layers of the network,
-            which keeps the squared gradient gain ``(1 + s² chi)^K <= e^chi`` at any depth;
+            ``"sqrt_depth"``, ``s = 1 / sqrt(K)`` for the ``K`` residual layers of the network
+            (this bounds the squared gain ``(1 + s² chi)^K <= e^chi`` only for mean-free branches
+            such as :class:`gradlab.models.ResidualBlock`'s; the one-layer branch
+            ``activation(W x)`` here has a nonzero mean for ReLU, which the stream accumulates,
+            and its gain grows with ``K``: above 10^4 at ``K = 200``, width 128 ("Residual connections");
             or ``"rezero"``, a learnable scalar gate per residual layer, initialized at 0, so
             that the residual layers are the identity at initialization (Bachlechner et al.
             2020). The strings need ``residual=True``; a number is ignored without it.
