@@ -139,6 +139,19 @@ class MLP(nn.Sequential):
         return [block.linear.weight for block in self]
 
 
+def check_residual(residual: bool, residual_scale: float | str, choices) -> float | str:
+    """Validate ``residual`` (a bool) and ``residual_scale`` (a number, or one of ``choices``,
+    which only makes sense with ``residual=True``); return the scale as a float or the name."""
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
+    if isinstance(residual_scale, str):
+        check_choice("residual_scale", residual_scale, choices)
+        if not residual:
+            raise ValueError(f"residual_scale={residual_scale!r} needs residual=True")
+        return residual_scale
+    return check_real("residual_scale", residual_scale)
+
+
 def mlp(
     depth: int,
     width: int,
@@ -198,14 +211,7 @@ def mlp(
     gain = check_real("gain", gain, minimum=0.0)
     if norm is not None:
         check_choice("norm", norm, ["batch", "layer"])
-    if not isinstance(residual, bool):
-        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
-    if isinstance(residual_scale, str):
-        check_choice("residual_scale", residual_scale, RESIDUAL_SCALES)
-        if not residual:
-            raise ValueError(f"residual_scale={residual_scale!r} needs residual=True")
-    else:
-        residual_scale = check_real("residual_scale", residual_scale)
+    residual_scale = check_residual(residual, residual_scale, RESIDUAL_SCALES)
     if not isinstance(bias, bool):
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     bias_std = check_real("bias_std", bias_std, minimum=0.0)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._validate import check_choice, check_int, check_real
-from .mlp import init_linear_
+from .mlp import check_residual, init_linear_
 
 RESMLP_SCALES = ("sqrt_depth", "rezero", "fixup")
 
@@ -167,14 +167,7 @@ def resmlp(
     width = check_int("width", width, minimum=1)
     in_features = width if in_features is None else check_int("in_features", in_features, minimum=1)
     out_features = check_int("out_features", out_features, minimum=1)
-    if not isinstance(residual, bool):
-        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
-    if isinstance(residual_scale, str):
-        check_choice("residual_scale", residual_scale, RESMLP_SCALES)
-        if not residual:
-            raise ValueError(f"residual_scale={residual_scale!r} needs residual=True")
-    else:
-        residual_scale = check_real("residual_scale", residual_scale)
+    residual_scale = check_residual(residual, residual_scale, RESMLP_SCALES)
 
     stem = (nn.Identity() if in_features == width
             else init_linear_(nn.Linear(in_features, width, bias=False), "gaussian"))
