@@ -36,7 +36,7 @@ from torch import nn
 
 from . import clip as _clip
 from ._validate import check_int, check_real
-from .models import mlp
+from .models.mlp import mlp
 
 Parameters = _clip.Parameters
 

@@ -48,3 +48,21 @@ def test_float16_overflow_layer_is_the_first_linear_output_above_65504():
 def test_sqrt_module_is_torch_sqrt():
     x = torch.rand(5)
     assert torch.equal(zoo.Sqrt()(x), torch.sqrt(x))
+
+
+@pytest.mark.parametrize("first", ["gradlab", "gradlab.claims", "gradlab.models.zoo", "gradlab.data",
+                                   "gradlab.distributed"])
+def test_mlp_teacher_works_whatever_is_imported_first(first):
+    """gradlab.models imports the zoo, the zoo gl.data, and gl.data the mlp builder: imported
+    while gradlab.models is half initialized, ``from .models import mlp`` bound the submodule
+    gradlab.models.mlp instead of the function, and teacher_regression(kind="mlp") raised
+    "'module' object is not callable" after a plain ``import gradlab``."""
+    import subprocess
+    import sys
+
+    code = (f"import {first}\nimport types\nimport gradlab as gl\n"
+            "assert not isinstance(gl.data.mlp, types.ModuleType)\n"
+            "assert not isinstance(gl.distributed.mlp, types.ModuleType)\n"
+            "x, y = gl.data.teacher_regression(8, 4, kind='mlp')\nassert y.shape == (8, 1)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
