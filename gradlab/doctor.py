@@ -435,6 +435,11 @@ class _Probe:
         self.sites: dict[tuple[str, str], _Site] = {}
         self.handles: list = []
         self.forward_bad: str | None = None
+        # whether forward_bad's positional inputs were finite when it was called, and the module
+        # that called it (None: the model itself was called on the batch)
+        self.forward_bad_input_finite = True
+        self.forward_bad_caller: str | None = None
+        self.entry_finite: list[bool] = []  # per module on the stack: its inputs finite
         self.backward: list[tuple[str, str, bool]] = []  # (module, what, finite), backward order
 
     def attach(self) -> None:
@@ -454,17 +459,24 @@ class _Probe:
     def new_pass(self) -> None:
         self.stack.clear()
         self.forward_bad = None
+        self.entry_finite = []
         self.backward = []
 
     def _enter(self, name: str, module, args) -> None:
         self.order.setdefault(name, len(self.order))
         self.stack.append(name)
+        # read before the call: an in-place operation may overwrite the input
+        self.entry_finite.append(self.forward_bad is not None or _all_finite(args))
 
     def _leave(self, name: str, leaf: bool, module, args, output) -> None:
+        input_finite = True
         if self.stack and self.stack[-1] == name:
             self.stack.pop()
+            input_finite = self.entry_finite.pop()
         if self.forward_bad is None and not _all_finite(output):
             self.forward_bad = name  # hooks fire innermost first: the first is the origin
+            self.forward_bad_input_finite = input_finite
+            self.forward_bad_caller = self.stack[-1] if self.stack else None
         if leaf and torch.is_grad_enabled():
             for t in _tensors(output):
                 if t.grad_fn is not None:
@@ -525,9 +537,10 @@ def _growth_finding(where: str, norms: list[float], what: str, through_time: boo
     severity = "error" if size >= GROWTH_ERROR else "warning" if size >= GROWTH_WARNING else "info"
     kind = "exploding_gradient" if exploding else "vanishing_gradient"
     trend = "grows" if exploding else "shrinks"
+    used = [v for v in norms if math.isfinite(v) and v > 0]  # the positions the fit used
     evidence = (f"||dL/d(output)|| {trend} by {size:.3g}x from the last {what} to the first "
-                f"({per_step:.3g}x per {what}, fitted over {len(norms)}): "
-                f"first {norms[0]:.3g}, last {norms[-1]:.3g}")
+                f"({per_step:.3g}x per {what}, fitted over {len(used)}): "
+                f"first {used[0]:.3g}, last {used[-1]:.3g}")
     if through_time:
         chapter = CHAPTERS["exploding_through_time" if exploding else "vanishing_through_time"]
         advice = ("clip the gradient norm, and keep the recurrent weight's spectral radius near 1"
@@ -543,10 +556,13 @@ def _growth_finding(where: str, norms: list[float], what: str, through_time: boo
 
 
 def _depth_findings(layers: list[str], norms: np.ndarray) -> list[Finding]:
-    finding = _growth_finding(layers[0], [float(v) for v in norms], "layer", False) if len(layers) else None
+    """The trend across ``layers``; those without a gradient (NaN, zero) are left out of the
+    fit, and the first and last layers that have one are named."""
+    have = [name for name, v in zip(layers, norms, strict=True) if math.isfinite(v) and v > 0]
+    finding = _growth_finding(have[0], [float(v) for v in norms], "layer", False) if have else None
     if finding is not None:
         finding = Finding(finding.kind, finding.where, finding.severity,
-                          finding.evidence + f" (layers {layers[0]!r} ... {layers[-1]!r})",
+                          finding.evidence + f" (layers {have[0]!r} ... {have[-1]!r})",
                           finding.advice, finding.chapter, {**finding.values, "layers": list(layers)})
     return [finding] if finding else []
 
@@ -710,13 +726,21 @@ def _examine(model: nn.Module, optimizer, loss_fn, x, y, steps: int, model_name:
             if probe.forward_bad is not None or not math.isfinite(losses[-1]):
                 if probe.forward_bad is not None:
                     where, evidence = probe.forward_bad, "the forward output of this module holds NaN/Inf"
+                    if probe.forward_bad_input_finite:
+                        evidence += ", its inputs were finite: it made the NaN/Inf"
+                    else:
+                        source = (f"the code of {probe.forward_bad_caller!r} before this call"
+                                  if probe.forward_bad_caller else "the batch")
+                        evidence += (", but its inputs already did (made by an operation outside any "
+                                     f"submodule: {source}; or a mask of -inf)")
                 else:
                     where, evidence = "loss_fn", f"the forward pass is finite but the loss is {losses[-1]}"
                 findings.append(Finding(
                     "non_finite", where, "error", f"{evidence} (pass {step}; the first in execution order)",
                     "look at this module's inputs and weights: an overflow (float16 above 65504), a log or "
                     "division near 0, or weights already non-finite", CHAPTERS["non_finite"],
-                    {"pass": step, "phase": "forward"}))
+                    {"pass": step, "phase": "forward",
+                     "input_finite": probe.forward_bad is None or probe.forward_bad_input_finite}))
                 break
             loss.backward()
             origin = probe.backward_origin()
@@ -743,7 +767,10 @@ def _examine(model: nn.Module, optimizer, loss_fn, x, y, steps: int, model_name:
     columns = [monitor.layer_names.index(n) for n in layers]
     table = monitor.output_grad_norms[:, columns] if monitor.steps else np.empty((0, len(columns)))
     layer_names = [n or ROOT for n in layers]
-    if table.shape[0] and np.isfinite(table[0]).all():  # the first pass's gradients, if finite
+    # The first pass's gradients, unless that pass made a NaN/Inf; a layer without a gradient (a
+    # frozen first layer, an unused branch) is NaN there and is left out of the fit.
+    first_pass_bad = any(f.kind == "non_finite" and f.values.get("pass") == 0 for f in findings)
+    if table.shape[0] and not first_pass_bad and not np.isinf(table[0]).any():
         findings += _depth_findings(layer_names, table[0])
     sites = [s.result() for s in probe.sites.values()]
     if not any(f.kind == "non_finite" for f in findings):

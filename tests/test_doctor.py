@@ -359,3 +359,49 @@ def test_a_model_without_trainable_parameters_or_an_optimizer_of_another_model()
     other = torch.optim.SGD(nn.Linear(3, 1).parameters(), lr=0.1)
     with pytest.raises(ValueError, match="optimizer holds none of model's parameters"):
         gl.doctor(nn.Linear(3, 1), F.mse_loss, (torch.randn(4, 3), torch.randn(4, 1)), optimizer=other)
+
+
+# -- review: frozen layers, the origin of a forward NaN ------------------------------------------
+
+def test_a_frozen_first_layer_does_not_hide_the_trend():
+    """A frozen first layer (a frozen embedding or stem) has no output gradient: it is left out of
+    the fit instead of switching the depth check off, and the first layer with a gradient is
+    named. Its growth is that of the unfrozen network's layers 1 to 9."""
+    x, y = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)), torch.zeros(64, 1)
+    with gl.utils.seeded(0):
+        net = gl.mlp(10, 32, in_features=16, out_features=1, init="he", gain=2.0)
+    free = gl.doctor(net, F.mse_loss, (x, y))
+    net[0].requires_grad_(False)
+    frozen = gl.doctor(net, F.mse_loss, (x, y))
+    assert math.isnan(frozen.output_grad_norms[0, 0])
+    (found,) = frozen.of_kind("exploding_gradient")
+    assert found.where == "1.linear" and "fitted over 9" in found.evidence
+    np.testing.assert_allclose(frozen.output_grad_norms[0, 1:], free.output_grad_norms[0, 1:], rtol=1e-5)
+    expected, _ = gradient_growth(free.output_grad_norms[0, 1:])
+    assert found.values["growth"] == pytest.approx(expected, rel=1e-6)
+
+
+class _LogBetweenChildren(nn.Module):
+    """The NaN is made by the model's own torch.log between its two layers; ``b`` is registered
+    first but runs last, ``a`` is registered last but runs first."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Linear(4, 4)
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(torch.log(self.a(x)))
+
+
+def test_forward_nan_evidence_says_whether_the_module_made_it():
+    x, y = torch.randn(8, 4), torch.randn(8, 4)
+    model = _LogBetweenChildren()
+    (found,) = gl.doctor(model, F.mse_loss, (x, y)).of_kind("non_finite")
+    assert found.where == "b" and found.values["input_finite"] is False
+    assert "inputs already did" in found.evidence and "'(model)'" in found.evidence
+    with torch.no_grad():
+        model.a.weight[0, 0] = math.inf  # now a, registered after b but run before it, makes it
+    (found,) = gl.doctor(model, F.mse_loss, (x, y)).of_kind("non_finite")
+    assert found.where == "a" and found.values["input_finite"] is True
+    assert "it made the NaN/Inf" in found.evidence
