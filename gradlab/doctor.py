@@ -22,7 +22,8 @@ What is measured, and the thresholds (module constants, so a reader can see and 
 - ``update_ratio`` (given an optimizer): ``||W_new - W_old|| / ||W_old||`` of every weight
   (parameters with two or more dimensions) per step; the healthy band is about ``1e-3`` per
   step (:data:`UPDATE_BAND`); a median outside :data:`UPDATE_LIMITS` is a warning, above 1 an
-  error.
+  error; the evidence lists every step's ratio. A weight that starts at zero (a zero-initialized
+  read-out) has no ratio at the start and is only noted.
 - ``saturation``: the fraction of a tanh/sigmoid's inputs where its slope is below
   ``RAIL_SLOPE`` times its largest slope (from :mod:`gradlab.activations`); ``tanh``: ``|tanh|
   > 0.995``.
@@ -595,21 +596,33 @@ def _site_findings(site: ActivationSite) -> list[Finding]:
     return found
 
 
-def _update_findings(names: list[str], ratios: np.ndarray, weights: list[bool]) -> list[Finding]:
+def _update_findings(names: list[str], ratios: np.ndarray, weights: list[bool],
+                     zero_start: list[bool]) -> list[Finding]:
+    """Update-ratio findings of the weights; a weight that starts at zero (a zero-initialized
+    output layer or residual branch) has no ratio to speak of in its first steps: its later
+    ratios are steps against a weight the doctor's own steps made, so it is noted, not judged."""
     if ratios.size == 0:
         return []
+    found = []
+    zeroed = [n for n, w, z in zip(names, weights, zero_start, strict=True) if w and z]
+    if zeroed:
+        found.append(Finding(
+            "update_ratio", zeroed[0], "info",
+            f"{len(zeroed)} weight(s) start at zero ({', '.join(map(repr, zeroed[:3]))}): no update ratio "
+            "is judged for them", "nothing to change if the zero initialization is intended",
+            CHAPTERS["update_ratio"], {"zero_start": zeroed}))
     with np.errstate(all="ignore"):
-        medians = {}
+        medians, steps = {}, {}
         for k, (name, is_weight) in enumerate(zip(names, weights, strict=True)):
             column = ratios[:, k]
             column = column[np.isfinite(column)]
-            if is_weight and column.size:
+            if is_weight and not zero_start[k] and column.size:
                 medians[name] = float(np.median(column))
+                steps[name] = [float(v) for v in column]
     if not medians:
-        return []
+        return found
     lo, hi = UPDATE_BAND
     band = f"healthy band about 1e-3 per step ({lo:g} to {hi:g})"
-    found = []
     outside = {n: v for n, v in medians.items() if not lo <= v <= hi}
     for name, v in sorted(outside.items(), key=lambda kv: -abs(math.log10(max(kv[1], 1e-300)) + 3))[:3]:
         if v > 1.0:
@@ -621,10 +634,12 @@ def _update_findings(names: list[str], ratios: np.ndarray, weights: list[bool]) 
         high = v > hi
         found.append(Finding(
             "update_ratio", name, severity,
-            f"median ||W_new - W_old|| / ||W_old|| = {v:.3g} per step; {band}",
+            f"median ||W_new - W_old|| / ||W_old|| = {v:.3g} per step (steps: "
+            + ", ".join(f"{r:.3g}" for r in steps[name]) + f"); {band}",
             "lower the learning rate (or warm it up)" if high else
             "raise the learning rate, or check that this weight gets a gradient",
-            CHAPTERS["update_ratio"], {"ratio": v, "band": UPDATE_BAND, "ratios": medians}))
+            CHAPTERS["update_ratio"], {"ratio": v, "per_step": steps[name], "band": UPDATE_BAND,
+                                       "ratios": medians}))
     if not outside:
         values = np.array(list(medians.values()))
         found.append(Finding(
@@ -707,6 +722,7 @@ def _examine(model: nn.Module, optimizer, loss_fn, x, y, steps: int, model_name:
                                 CHAPTERS["non_finite"]))
     probe = _Probe(model)
     monitor = GradientMonitor(model, optimizer)
+    zero_start = [p.ndim >= 2 and not bool(p.detach().any()) for p in monitor._params]
     losses: list[float] = []
     probe.attach()
     monitor.attach()
@@ -778,7 +794,8 @@ def _examine(model: nn.Module, optimizer, loss_fn, x, y, steps: int, model_name:
             findings += _site_findings(site)
     ratios = monitor.param_update_ratios if optimizer is not None else np.empty((0, 0))
     is_weight = [p.ndim >= 2 for p in monitor._params]
-    findings += _update_findings(monitor.param_names, ratios, is_weight) if optimizer is not None else []
+    if optimizer is not None:
+        findings += _update_findings(monitor.param_names, ratios, is_weight, zero_start)
     if optimizer is not None and len(losses) >= 2 and all(map(math.isfinite, losses)):
         if losses[0] > 0 and losses[-1] >= LOSS_GROWTH * losses[0]:
             findings.append(Finding(

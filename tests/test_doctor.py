@@ -405,3 +405,34 @@ def test_forward_nan_evidence_says_whether_the_module_made_it():
     (found,) = gl.doctor(model, F.mse_loss, (x, y)).of_kind("non_finite")
     assert found.where == "a" and found.values["input_finite"] is True
     assert "it made the NaN/Inf" in found.evidence
+
+
+def test_update_ratio_reports_every_step_and_notes_a_zero_initialized_weight():
+    """The finding's per-step ratios are those of manual Adam steps (the first one, 5.6, an error
+    on its own, is not hidden behind the median); a zero-initialized read-out, a healthy
+    practice, has no ratio in its first steps (inf, then about 1) and gets a note, not an error."""
+    patient = next(p for p in zoo.broken() if p.name == "layer_lr_too_high")
+    report = _examine(patient)
+    (found,) = [f for f in report.of_kind("update_ratio") if f.where == "1.linear.weight"]
+    model, opt = patient.model, patient.optimizer
+    w, manual = model[1].linear.weight, []
+    for _ in range(3):
+        old = w.detach().clone()
+        opt.zero_grad()
+        patient.loss_fn(model(patient.batch[0]), patient.batch[1]).backward()
+        opt.step()
+        manual.append(float((w.detach() - old).norm() / old.norm()))
+    np.testing.assert_allclose(found.values["per_step"], manual, rtol=1e-4)
+    assert manual[0] > 1 and "steps: " + f"{manual[0]:.3g}" in found.evidence
+
+    with gl.utils.seeded(0):
+        net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    nn.init.zeros_(net[4].weight)
+    batch = (torch.randn(64, 16), torch.randn(64, 1))
+    report = gl.doctor(net, F.mse_loss, batch, optimizer=torch.optim.Adam(net.parameters(), lr=1e-3))
+    assert report.ok, str(report)
+    k = report.param_names.index("4.weight")
+    # what it used to be judged on: inf at the first step, then about 1
+    assert math.isinf(report.update_ratios[0, k]) and report.update_ratios[1, k] > 0.5
+    (note,) = [f for f in report.findings if f.where == "4.weight"]
+    assert note.severity == "info" and note.values["zero_start"] == ["4.weight"]
