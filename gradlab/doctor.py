@@ -29,7 +29,10 @@ What is measured, and the thresholds (module constants, so a reader can see and 
   > 0.995``.
 - ``dead_units``: ReLU-family units (ReLU, leaky ReLU, ELU, SELU, GELU, SiLU) whose input is
   never positive on the batch; a unit is a feature (the last dimension for inputs of up to three
-  dimensions, dimension 1, the channel, for four or more).
+  dimensions, dimension 1, the channel, for four or more and for a 3-D input straight out of a
+  convolution or a channel norm, as in a ``Conv1d`` network). A leaky ReLU unit
+  that is never positive still passes a gradient through its negative side: noted, never a
+  warning.
 - ``diverging_loss`` (given an optimizer and two steps or more): the loss grew ``LOSS_GROWTH``
   times or more over the steps.
 
@@ -121,6 +124,7 @@ CHAPTERS = {
 
 _SATURATING = ("tanh", "sigmoid")
 _RELU_FAMILY = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu")
+_LEAKY = ("leaky_relu",)  # a slope bounded away from 0 on the negative side (ELU's decays to 0)
 
 # The functions (and tensor methods) through which PyTorch applies each activation; the
 # modules (nn.Tanh, nn.ReLU, ...) call these too.
@@ -338,11 +342,23 @@ def _all_finite(values: object) -> bool:
                if t.is_floating_point() or t.is_complex())
 
 
-def _units_view(a: torch.Tensor) -> torch.Tensor:
-    """``a`` as (samples, units): a unit is the last dimension for up to 3 dims, else dim 1."""
+_CHANNEL_FIRST_MAKERS = ("Convolution", "BatchNorm", "GroupNorm", "InstanceNorm")
+"""Backward-node names of the operations whose output has its channels in dimension 1."""
+
+
+def _channel_first(a: torch.Tensor) -> bool:
+    """Whether ``a`` (3-D) comes straight out of a convolution or a channel norm: then its units
+    are dimension 1, (batch, channels, length), not the last, (batch, time, features)."""
+    maker = type(a.grad_fn).__name__ if a.grad_fn is not None else ""
+    return any(word in maker for word in _CHANNEL_FIRST_MAKERS)
+
+
+def _units_view(a: torch.Tensor, channel_first: bool = False) -> torch.Tensor:
+    """``a`` as (samples, units): a unit is the last dimension for up to 3 dims, else dim 1 (and
+    dim 1 of a 3-D ``a`` with ``channel_first``: the output of a ``Conv1d``)."""
     if a.ndim <= 1:
         return a.reshape(1, -1)
-    if a.ndim <= 3:
+    if a.ndim <= 3 and not (channel_first and a.ndim == 3):
         return a.reshape(-1, a.shape[-1])
     return a.transpose(0, 1).reshape(a.shape[1], -1).T
 
@@ -361,8 +377,9 @@ class _Site:
         self.grad_sumsq: list[float] = []
 
     def add(self, a: torch.Tensor) -> int:
+        channel_first = _channel_first(a)
         a = a.detach()
-        view = _units_view(a)
+        view = _units_view(a, channel_first)
         if self.units == -1:
             self.units = view.shape[1]
         elif self.units != view.shape[1]:
@@ -587,11 +604,15 @@ def _site_findings(site: ActivationSite) -> list[Finding]:
     if not math.isnan(site.dead) and site.dead > 0:
         d = site.dead
         severity = "error" if d >= DEAD_ERROR else "warning" if d >= DEAD_WARNING else "info"
+        advice = ("check the biases and the learning rate before this layer; a leaky ReLU or a lower "
+                  "learning rate keeps units alive")
+        evidence = f"{d:.1%} of {site.units} {site.function} units are never active on {site.samples} samples"
+        if site.function in _LEAKY:
+            severity = "info"
+            evidence += " (its negative side still passes a gradient: inactive, not dead)"
+            advice = "check the biases before this layer if so many units should not be negative"
         found.append(Finding(
-            "dead_units", site.module, severity,
-            f"{d:.1%} of {site.units} {site.function} units are never active on {site.samples} samples",
-            "check the biases and the learning rate before this layer; a leaky ReLU or a lower "
-            "learning rate keeps units alive", CHAPTERS["dead_units"],
+            "dead_units", site.module, severity, evidence, advice, CHAPTERS["dead_units"],
             {"dead": d, "units": site.units, "samples": site.samples}))
     return found
 

@@ -436,3 +436,35 @@ def test_update_ratio_reports_every_step_and_notes_a_zero_initialized_weight():
     assert math.isinf(report.update_ratios[0, k]) and report.update_ratios[1, k] > 0.5
     (note,) = [f for f in report.findings if f.where == "4.weight"]
     assert note.severity == "info" and note.values["zero_start"] == ["4.weight"]
+
+
+def test_dead_channels_of_a_conv1d_and_inactive_leaky_units():
+    """A Conv1d's output is (batch, channels, length): its units are the channels, not the
+    positions (8 of 16 channels with bias -100 are half the units dead, a warning). A leaky ReLU
+    unit that is never positive still passes a gradient: a note, not a warning."""
+
+    class Conv1dNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 16, 3, padding=1)
+            self.act = nn.ReLU()
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.head(self.act(self.conv(x)).mean(-1))
+
+    net = Conv1dNet()
+    with torch.no_grad():
+        net.conv.bias[:8] = -100.0
+    report = gl.doctor(net, F.mse_loss, (torch.randn(64, 4, 20), torch.randn(64, 1)))
+    (dead,) = report.of_kind("dead_units")
+    assert dead.where == "act" and dead.values["dead"] == 0.5 and dead.values["units"] == 16
+    assert dead.values["samples"] == 64 * 20
+
+    net = nn.Sequential(nn.Linear(8, 32), nn.LeakyReLU(0.1), nn.Linear(32, 1))
+    with torch.no_grad():
+        net[0].bias[:24] = -100.0
+    report = gl.doctor(net, F.mse_loss, (torch.randn(64, 8), torch.randn(64, 1)))
+    assert report.ok
+    (note,) = report.of_kind("dead_units", at_least="info")
+    assert note.values["dead"] == 0.75 and "not dead" in note.evidence and "leaky ReLU" not in note.advice
