@@ -688,7 +688,9 @@ def doctor(
     ``optimizer.step()`` (one pass without an optimizer: nothing changes between passes). It
     stops at the first NaN/Inf and never steps on it. The random state of Python, NumPy and
     PyTorch is restored afterwards, so dropout in the copy draws nothing from the caller's
-    stream. See the module docstring for what is measured and the thresholds.
+    stream. Hooks the caller registered on ``model`` are copied with it and run on the copy: one
+    that writes to an outside object (a list it appends to) writes there. See the module
+    docstring for what is measured and the thresholds.
 
     Args:
         model: any ``nn.Module``.

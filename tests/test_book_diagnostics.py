@@ -37,11 +37,14 @@ def _default_mlp(depth, seed, width=64):
 def test_default_init_shrinks_the_gradient_by_one_over_sqrt6_per_layer():
     """16 seeds of the 9-layer network of the exercise: the mean fitted factor per layer is within
     3 standard errors of 1/sqrt(6) = 0.408 (measured 0.405 +- 0.005 on the chapter's 8 seeds)."""
-    factors = []
+    factors, errors = [], 0
     for seed in range(16):
         report = gl.doctor(_default_mlp(9, seed), MSE, gl.data.teacher_regression(64, 16, seed=seed))
         (finding,) = report.of_kind("vanishing_gradient")
         factors.append(finding.values["per_step"])
+        errors += finding.severity == "error" and seed < 8
+    # the chapter: "as an error ... at 7 of 8 seeds" (glued); most of them, and a shrinkage past 1000
+    assert errors >= 6
     factors = np.array(factors)
     se = factors.std(ddof=1) / math.sqrt(len(factors))
     assert abs(factors.mean() - 1 / math.sqrt(6)) < 3 * se + 1e-3
