@@ -458,7 +458,13 @@ class _Probe:
         self.forward_bad_input_finite = True
         self.forward_bad_caller: str | None = None
         self.entry_finite: list[bool] = []  # per module on the stack: its inputs finite
-        self.backward: list[tuple[str, str, bool]] = []  # (module, what, finite), backward order
+        self.inputs_of: list[list[tuple[int, int]]] = []  # per module on the stack: its inputs' keys
+        # (module, what, finite, key), backward order; key: the output's (node id, output_nr)
+        self.backward: list[tuple[str, str, bool, tuple | None]] = []
+        # (node id, output_nr) of a tensor -> the leaf modules that took it as an input, and the
+        # nodes themselves (kept alive for the pass, so that no id is reused)
+        self.consumers: dict[tuple[int, int], list[str]] = {}
+        self.nodes: list = []
 
     def attach(self) -> None:
         for m, name in self.names.items():
@@ -478,46 +484,72 @@ class _Probe:
         self.stack.clear()
         self.forward_bad = None
         self.entry_finite = []
+        self.inputs_of = []
         self.backward = []
+        self.consumers = {}
+        self.nodes = []
 
     def _enter(self, name: str, module, args) -> None:
         self.order.setdefault(name, len(self.order))
         self.stack.append(name)
         # read before the call: an in-place operation may overwrite the input
         self.entry_finite.append(self.forward_bad is not None or _all_finite(args))
+        inputs = [t for t in _tensors(args) if t.grad_fn is not None]
+        self.nodes += [t.grad_fn for t in inputs]  # alive, so that their ids stay theirs
+        self.inputs_of.append([_key(t) for t in inputs])
 
     def _leave(self, name: str, leaf: bool, module, args, output) -> None:
-        input_finite = True
+        input_finite, inputs = True, []
         if self.stack and self.stack[-1] == name:
             self.stack.pop()
             input_finite = self.entry_finite.pop()
+            inputs = self.inputs_of.pop()
         if self.forward_bad is None and not _all_finite(output):
             self.forward_bad = name  # hooks fire innermost first: the first is the origin
             self.forward_bad_input_finite = input_finite
             self.forward_bad_caller = self.stack[-1] if self.stack else None
         if leaf and torch.is_grad_enabled():
-            for t in _tensors(output):
-                if t.grad_fn is not None:
-                    t.grad_fn.register_prehook(partial(self._output_grad, name, t.output_nr))
+            outputs = [t for t in _tensors(output) if t.grad_fn is not None]
+            for t in outputs:
+                self.nodes.append(t.grad_fn)
+                t.grad_fn.register_prehook(partial(self._output_grad, name, t.output_nr, _key(t)))
+            out_keys = {_key(t) for t in outputs}
+            for key in inputs:  # a module that hands its input on as is (nn.Identity) made nothing
+                if key not in out_keys:
+                    self.consumers.setdefault(key, []).append(name)
 
-    def _output_grad(self, name: str, nr: int, grad_outputs: tuple) -> None:
+    def _output_grad(self, name: str, nr: int, key: tuple, grad_outputs: tuple) -> None:
         g = grad_outputs[nr] if nr < len(grad_outputs) else None
         if g is not None:
-            self.backward.append((name, "output", bool(torch.isfinite(g).all())))
+            self.backward.append((name, "output", bool(torch.isfinite(g).all()), key))
 
     def _param_grad(self, name: str, grad: torch.Tensor) -> None:
-        self.backward.append((name, "parameter", bool(torch.isfinite(grad).all())))
+        self.backward.append((name, "parameter", bool(torch.isfinite(grad).all()), None))
 
     def backward_origin(self) -> tuple[str, str, str] | None:
-        """(module that made the first non-finite gradient, module whose gradient holds it, what)."""
-        last_finite = "loss_fn"
-        for name, what, finite in self.backward:
+        """(module that made the first non-finite gradient, module whose gradient holds it, what).
+
+        A parameter's gradient is made by its module. The gradient at a module's output is made
+        by the backward passes of the modules that took that output as an input: the first of
+        them whose own output gradient was finite is named (if the output went only into code
+        outside any submodule, the last module whose output gradient was finite, or loss_fn)."""
+        last_finite, finite_outputs = "loss_fn", set()
+        for name, what, finite, key in self.backward:
             if finite:
                 if what == "output":
                     last_finite = name
+                    finite_outputs.add(name)
                 continue
-            return (name if what == "parameter" else last_finite), name, what
+            if what == "parameter":
+                return name, name, what
+            makers = [m for m in self.consumers.get(key, []) if m in finite_outputs]
+            return (makers[0] if makers else last_finite), name, what
         return None
+
+
+def _key(t: torch.Tensor) -> tuple[int, int]:
+    """Which autograd output ``t`` is: its node's id and output number."""
+    return id(t.grad_fn), t.output_nr
 
 
 def gradient_growth(norms: Sequence[float] | np.ndarray) -> tuple[float, float] | None:

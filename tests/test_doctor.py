@@ -468,3 +468,26 @@ def test_dead_channels_of_a_conv1d_and_inactive_leaky_units():
     assert report.ok
     (note,) = report.of_kind("dead_units", at_least="info")
     assert note.values["dead"] == 0.75 and "not dead" in note.evidence and "leaky ReLU" not in note.advice
+
+
+def test_backward_nan_maker_is_a_consumer_of_the_output_not_the_last_module_seen():
+    """Branch ``b`` runs its backward between the square root's and the ReLU's (its node was made
+    between them): the gradient at the ReLU's output is made by the square root, which took that
+    output as its input, not by ``b``, the last module whose gradient arrived finite."""
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.relu, self.b = nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)
+            self.sqrt, self.out = zoo.Sqrt(), nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = self.relu(self.a(x))
+            hb = self.b(x)
+            return self.out(hb + self.sqrt(h))
+
+    with gl.utils.seeded(0):
+        model = Branch()
+    report = gl.doctor(model, F.mse_loss, (torch.randn(32, 8), torch.randn(32, 1)))
+    (found,) = report.of_kind("non_finite")
+    assert found.where == "sqrt" and found.values["holder"] == "relu"
