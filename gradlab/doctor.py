@@ -11,7 +11,9 @@ What is measured, and the thresholds (module constants, so a reader can see and 
 - ``exploding_gradient`` / ``vanishing_gradient``: ``||dL/d(output)||`` of every ``nn.Linear``
   and ``nn.Conv*d`` layer in execution order (read by :class:`gradlab.GradientMonitor`), and of
   every activation that one module applies three times or more in one forward pass (a recurrent
-  cell over time: the gradient with respect to each ``h_t``). A least-squares line through
+  cell over time: the gradient with respect to each ``h_t``; not when a different layer ran
+  before each call, as in a feed-forward network applying ``F.relu`` in a loop: those calls are
+  the layers, already measured). A least-squares line through
   ``log ||g_i||`` against the position ``i`` gives the growth from the last position to the
   first, ``G = exp(-slope (n - 1))``: ``G >= GROWTH_WARNING`` is a warning (``GROWTH_ERROR``
   an error), and ``1 / G`` the same for vanishing.
@@ -66,7 +68,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._validate import check_int
 from .activations import ACTIVATIONS
-from .monitor import GradientMonitor
+from .monitor import LAYER_TYPES, GradientMonitor
 
 SEVERITIES = ("info", "warning", "error")
 """Severities in increasing order; a healthy network has no finding above ``"info"``."""
@@ -182,7 +184,9 @@ class ActivationSite:
     ``units`` units pooled over ``samples`` samples each; ``saturated`` is the fraction of
     inputs at the rails (tanh/sigmoid; NaN otherwise), ``dead`` the fraction of units never
     active (ReLU family; NaN otherwise), ``grad_norms`` the norm of the gradient with respect to
-    each call's output, in call order.
+    each call's output, in call order. ``across_layers``: between consecutive calls a different
+    ``nn.Linear``/``nn.Conv*d`` ran each time (a feed-forward network applying ``F.relu`` in a
+    loop): the calls are layers, not time steps, and the layers' own trend reports them.
     """
 
     module: str
@@ -193,6 +197,7 @@ class ActivationSite:
     saturated: float
     dead: float
     grad_norms: tuple[float, ...]
+    across_layers: bool = False
 
 
 @dataclass
@@ -375,6 +380,7 @@ class _Site:
         self.entries = 0
         self.active: torch.Tensor | None = None  # per unit: positive on some sample
         self.grad_sumsq: list[float] = []
+        self.marks: list[int] = []  # per call: how many layers had been entered before it
 
     def add(self, a: torch.Tensor) -> int:
         channel_first = _channel_first(a)
@@ -402,15 +408,23 @@ class _Site:
         if g is not None:
             self.grad_sumsq[call] = float(torch.linalg.vector_norm(g.detach().float())) ** 2
 
-    def result(self) -> ActivationSite:
+    def result(self, layer_log: list[str] | None = None) -> ActivationSite:
         saturated = self.rails / self.entries if self.function in _SATURATING and self.entries else math.nan
         units = self.units or 0
         per_unit = self.samples if units else 0
         dead = math.nan
         if self.function in _RELU_FAMILY and self.active is not None and per_unit >= MIN_DEAD_SAMPLES:
             dead = float((~self.active).float().mean())
+        across = False
+        if layer_log is not None and len(self.marks) >= 2:
+            between = [set(layer_log[a:b]) for a, b in zip(self.marks, self.marks[1:], strict=False)]
+            seen: set[str] = set()
+            across = all(between)
+            for names in between:
+                across = across and not (names & seen)
+                seen |= names
         return ActivationSite(self.module, self.function, self.calls, units, per_unit, saturated, dead,
-                              tuple(math.sqrt(v) for v in self.grad_sumsq))
+                              tuple(math.sqrt(v) for v in self.grad_sumsq), across)
 
 
 class _ActivationMode(TorchFunctionMode):
@@ -430,6 +444,7 @@ class _ActivationMode(TorchFunctionMode):
             if site is None:
                 site = self.probe.sites[site_key] = _Site(*site_key)
             call = site.add(args[0])  # before the call: an in-place activation overwrites it
+            site.marks.append(len(self.probe.layer_log))
         out = func(*args, **kwargs)
         if site is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:
             nr = out.output_nr
@@ -465,6 +480,7 @@ class _Probe:
         # nodes themselves (kept alive for the pass, so that no id is reused)
         self.consumers: dict[tuple[int, int], list[str]] = {}
         self.nodes: list = []
+        self.layer_log: list[str] = []  # the nn.Linear/nn.Conv modules entered, in order
 
     def attach(self) -> None:
         for m, name in self.names.items():
@@ -491,6 +507,8 @@ class _Probe:
 
     def _enter(self, name: str, module, args) -> None:
         self.order.setdefault(name, len(self.order))
+        if isinstance(module, LAYER_TYPES):
+            self.layer_log.append(name)
         self.stack.append(name)
         # read before the call: an in-place operation may overwrite the input
         self.entry_finite.append(self.forward_bad is not None or _all_finite(args))
@@ -619,7 +637,7 @@ def _depth_findings(layers: list[str], norms: np.ndarray) -> list[Finding]:
 
 def _site_findings(site: ActivationSite) -> list[Finding]:
     found = []
-    if site.calls >= MIN_TREND_POINTS:
+    if site.calls >= MIN_TREND_POINTS and not site.across_layers:
         f = _growth_finding(site.module, list(site.grad_norms), f"call of {site.function}", True)
         if f is not None:
             found.append(f)
@@ -843,7 +861,7 @@ def _examine(model: nn.Module, optimizer, loss_fn, x, y, steps: int, model_name:
     first_pass_bad = any(f.kind == "non_finite" and f.values.get("pass") == 0 for f in findings)
     if table.shape[0] and not first_pass_bad and not np.isinf(table[0]).any():
         findings += _depth_findings(layer_names, table[0])
-    sites = [s.result() for s in probe.sites.values()]
+    sites = [s.result(probe.layer_log) for s in probe.sites.values()]
     if not any(f.kind == "non_finite" for f in findings):
         for site in sites:
             findings += _site_findings(site)

@@ -491,3 +491,34 @@ def test_backward_nan_maker_is_a_consumer_of_the_output_not_the_last_module_seen
     report = gl.doctor(model, F.mse_loss, (torch.randn(32, 8), torch.randn(32, 1)))
     (found,) = report.of_kind("non_finite")
     assert found.where == "sqrt" and found.values["holder"] == "relu"
+
+
+def test_a_functional_relu_applied_after_each_layer_is_depth_not_time():
+    """A feed-forward network that applies F.relu in a loop over its layers calls one activation
+    12 times in one module, each time after a different nn.Linear: those calls are layers, so
+    the doctor reports the layers' trend only, not a second one "through time" with the RNN
+    cliff's advice. A written-out RNN cell (no layer module between its calls) still gets one."""
+
+    class FunctionalMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(16 if i == 0 else 32, 32) for i in range(12)])
+            self.out = nn.Linear(32, 1)
+            for layer in self.layers:
+                nn.init.normal_(layer.weight, std=1.5 * (2 / layer.in_features) ** 0.5)
+                nn.init.zeros_(layer.bias)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = F.relu(layer(x))
+            return self.out(x)
+
+    with gl.utils.seeded(0):
+        model = FunctionalMLP()
+    report = gl.doctor(model, F.mse_loss, (torch.randn(64, 16), torch.randn(64, 1)))
+    (site,) = report.activations
+    assert site.calls == 12 and site.across_layers
+    found = report.of_kind("exploding_gradient")
+    assert [(f.where, f.chapter) for f in found] == [("layers.0", "initialization")]
+    cliff = next(p for p in zoo.broken() if p.name == "cliff_rnn")
+    assert not any(s.across_layers for s in _examine(cliff).activations)
