@@ -11,7 +11,9 @@ What is measured, and the thresholds (module constants, so a reader can see and 
 - ``exploding_gradient`` / ``vanishing_gradient``: ``||dL/d(output)||`` of every ``nn.Linear``
   and ``nn.Conv*d`` layer in execution order (read by :class:`gradlab.GradientMonitor`), and of
   every activation that one module applies three times or more in one forward pass (a recurrent
-  cell over time: the gradient with respect to each ``h_t``). A least-squares line through
+  cell over time: the gradient with respect to each ``h_t``; not when a different layer ran
+  before each call, as in a feed-forward network applying ``F.relu`` in a loop: those calls are
+  the layers, already measured). A least-squares line through
   ``log ||g_i||`` against the position ``i`` gives the growth from the last position to the
   first, ``G = exp(-slope (n - 1))``: ``G >= GROWTH_WARNING`` is a warning (``GROWTH_ERROR``
   an error), and ``1 / G`` the same for vanishing.
@@ -22,13 +24,17 @@ What is measured, and the thresholds (module constants, so a reader can see and 
 - ``update_ratio`` (given an optimizer): ``||W_new - W_old|| / ||W_old||`` of every weight
   (parameters with two or more dimensions) per step; the healthy band is about ``1e-3`` per
   step (:data:`UPDATE_BAND`); a median outside :data:`UPDATE_LIMITS` is a warning, above 1 an
-  error.
+  error; the evidence lists every step's ratio. A weight that starts at zero (a zero-initialized
+  read-out) has no ratio at the start and is only noted.
 - ``saturation``: the fraction of a tanh/sigmoid's inputs where its slope is below
   ``RAIL_SLOPE`` times its largest slope (from :mod:`gradlab.activations`); ``tanh``: ``|tanh|
   > 0.995``.
 - ``dead_units``: ReLU-family units (ReLU, leaky ReLU, ELU, SELU, GELU, SiLU) whose input is
   never positive on the batch; a unit is a feature (the last dimension for inputs of up to three
-  dimensions, dimension 1, the channel, for four or more).
+  dimensions, dimension 1, the channel, for four or more and for a 3-D input straight out of a
+  convolution or a channel norm, as in a ``Conv1d`` network). A leaky ReLU unit
+  that is never positive still passes a gradient through its negative side: noted, never a
+  warning.
 - ``diverging_loss`` (given an optimizer and two steps or more): the loss grew ``LOSS_GROWTH``
   times or more over the steps.
 
@@ -62,7 +68,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._validate import check_int
 from .activations import ACTIVATIONS
-from .monitor import GradientMonitor
+from .monitor import LAYER_TYPES, GradientMonitor
 
 SEVERITIES = ("info", "warning", "error")
 """Severities in increasing order; a healthy network has no finding above ``"info"``."""
@@ -120,6 +126,7 @@ CHAPTERS = {
 
 _SATURATING = ("tanh", "sigmoid")
 _RELU_FAMILY = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu")
+_LEAKY = ("leaky_relu",)  # a slope bounded away from 0 on the negative side (ELU's decays to 0)
 
 # The functions (and tensor methods) through which PyTorch applies each activation; the
 # modules (nn.Tanh, nn.ReLU, ...) call these too.
@@ -177,7 +184,9 @@ class ActivationSite:
     ``units`` units pooled over ``samples`` samples each; ``saturated`` is the fraction of
     inputs at the rails (tanh/sigmoid; NaN otherwise), ``dead`` the fraction of units never
     active (ReLU family; NaN otherwise), ``grad_norms`` the norm of the gradient with respect to
-    each call's output, in call order.
+    each call's output, in call order. ``across_layers``: between consecutive calls a different
+    ``nn.Linear``/``nn.Conv*d`` ran each time (a feed-forward network applying ``F.relu`` in a
+    loop): the calls are layers, not time steps, and the layers' own trend reports them.
     """
 
     module: str
@@ -188,6 +197,7 @@ class ActivationSite:
     saturated: float
     dead: float
     grad_norms: tuple[float, ...]
+    across_layers: bool = False
 
 
 @dataclass
@@ -337,11 +347,23 @@ def _all_finite(values: object) -> bool:
                if t.is_floating_point() or t.is_complex())
 
 
-def _units_view(a: torch.Tensor) -> torch.Tensor:
-    """``a`` as (samples, units): a unit is the last dimension for up to 3 dims, else dim 1."""
+_CHANNEL_FIRST_MAKERS = ("Convolution", "BatchNorm", "GroupNorm", "InstanceNorm")
+"""Backward-node names of the operations whose output has its channels in dimension 1."""
+
+
+def _channel_first(a: torch.Tensor) -> bool:
+    """Whether ``a`` (3-D) comes straight out of a convolution or a channel norm: then its units
+    are dimension 1, (batch, channels, length), not the last, (batch, time, features)."""
+    maker = type(a.grad_fn).__name__ if a.grad_fn is not None else ""
+    return any(word in maker for word in _CHANNEL_FIRST_MAKERS)
+
+
+def _units_view(a: torch.Tensor, channel_first: bool = False) -> torch.Tensor:
+    """``a`` as (samples, units): a unit is the last dimension for up to 3 dims, else dim 1 (and
+    dim 1 of a 3-D ``a`` with ``channel_first``: the output of a ``Conv1d``)."""
     if a.ndim <= 1:
         return a.reshape(1, -1)
-    if a.ndim <= 3:
+    if a.ndim <= 3 and not (channel_first and a.ndim == 3):
         return a.reshape(-1, a.shape[-1])
     return a.transpose(0, 1).reshape(a.shape[1], -1).T
 
@@ -358,10 +380,12 @@ class _Site:
         self.entries = 0
         self.active: torch.Tensor | None = None  # per unit: positive on some sample
         self.grad_sumsq: list[float] = []
+        self.marks: list[int] = []  # per call: how many layers had been entered before it
 
     def add(self, a: torch.Tensor) -> int:
+        channel_first = _channel_first(a)
         a = a.detach()
-        view = _units_view(a)
+        view = _units_view(a, channel_first)
         if self.units == -1:
             self.units = view.shape[1]
         elif self.units != view.shape[1]:
@@ -384,15 +408,23 @@ class _Site:
         if g is not None:
             self.grad_sumsq[call] = float(torch.linalg.vector_norm(g.detach().float())) ** 2
 
-    def result(self) -> ActivationSite:
+    def result(self, layer_log: list[str] | None = None) -> ActivationSite:
         saturated = self.rails / self.entries if self.function in _SATURATING and self.entries else math.nan
         units = self.units or 0
         per_unit = self.samples if units else 0
         dead = math.nan
         if self.function in _RELU_FAMILY and self.active is not None and per_unit >= MIN_DEAD_SAMPLES:
             dead = float((~self.active).float().mean())
+        across = False
+        if layer_log is not None and len(self.marks) >= 2:
+            between = [set(layer_log[a:b]) for a, b in zip(self.marks, self.marks[1:], strict=False)]
+            seen: set[str] = set()
+            across = all(between)
+            for names in between:
+                across = across and not (names & seen)
+                seen |= names
         return ActivationSite(self.module, self.function, self.calls, units, per_unit, saturated, dead,
-                              tuple(math.sqrt(v) for v in self.grad_sumsq))
+                              tuple(math.sqrt(v) for v in self.grad_sumsq), across)
 
 
 class _ActivationMode(TorchFunctionMode):
@@ -412,6 +444,7 @@ class _ActivationMode(TorchFunctionMode):
             if site is None:
                 site = self.probe.sites[site_key] = _Site(*site_key)
             call = site.add(args[0])  # before the call: an in-place activation overwrites it
+            site.marks.append(len(self.probe.layer_log))
         out = func(*args, **kwargs)
         if site is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:
             nr = out.output_nr
@@ -435,7 +468,19 @@ class _Probe:
         self.sites: dict[tuple[str, str], _Site] = {}
         self.handles: list = []
         self.forward_bad: str | None = None
-        self.backward: list[tuple[str, str, bool]] = []  # (module, what, finite), backward order
+        # whether forward_bad's positional inputs were finite when it was called, and the module
+        # that called it (None: the model itself was called on the batch)
+        self.forward_bad_input_finite = True
+        self.forward_bad_caller: str | None = None
+        self.entry_finite: list[bool] = []  # per module on the stack: its inputs finite
+        self.inputs_of: list[list[tuple[int, int]]] = []  # per module on the stack: its inputs' keys
+        # (module, what, finite, key), backward order; key: the output's (node id, output_nr)
+        self.backward: list[tuple[str, str, bool, tuple | None]] = []
+        # (node id, output_nr) of a tensor -> the leaf modules that took it as an input, and the
+        # nodes themselves (kept alive for the pass, so that no id is reused)
+        self.consumers: dict[tuple[int, int], list[str]] = {}
+        self.nodes: list = []
+        self.layer_log: list[str] = []  # the nn.Linear/nn.Conv modules entered, in order
 
     def attach(self) -> None:
         for m, name in self.names.items():
@@ -454,40 +499,75 @@ class _Probe:
     def new_pass(self) -> None:
         self.stack.clear()
         self.forward_bad = None
+        self.entry_finite = []
+        self.inputs_of = []
         self.backward = []
+        self.consumers = {}
+        self.nodes = []
 
     def _enter(self, name: str, module, args) -> None:
         self.order.setdefault(name, len(self.order))
+        if isinstance(module, LAYER_TYPES):
+            self.layer_log.append(name)
         self.stack.append(name)
+        # read before the call: an in-place operation may overwrite the input
+        self.entry_finite.append(self.forward_bad is not None or _all_finite(args))
+        inputs = [t for t in _tensors(args) if t.grad_fn is not None]
+        self.nodes += [t.grad_fn for t in inputs]  # alive, so that their ids stay theirs
+        self.inputs_of.append([_key(t) for t in inputs])
 
     def _leave(self, name: str, leaf: bool, module, args, output) -> None:
+        input_finite, inputs = True, []
         if self.stack and self.stack[-1] == name:
             self.stack.pop()
+            input_finite = self.entry_finite.pop()
+            inputs = self.inputs_of.pop()
         if self.forward_bad is None and not _all_finite(output):
             self.forward_bad = name  # hooks fire innermost first: the first is the origin
+            self.forward_bad_input_finite = input_finite
+            self.forward_bad_caller = self.stack[-1] if self.stack else None
         if leaf and torch.is_grad_enabled():
-            for t in _tensors(output):
-                if t.grad_fn is not None:
-                    t.grad_fn.register_prehook(partial(self._output_grad, name, t.output_nr))
+            outputs = [t for t in _tensors(output) if t.grad_fn is not None]
+            for t in outputs:
+                self.nodes.append(t.grad_fn)
+                t.grad_fn.register_prehook(partial(self._output_grad, name, t.output_nr, _key(t)))
+            out_keys = {_key(t) for t in outputs}
+            for key in inputs:  # a module that hands its input on as is (nn.Identity) made nothing
+                if key not in out_keys:
+                    self.consumers.setdefault(key, []).append(name)
 
-    def _output_grad(self, name: str, nr: int, grad_outputs: tuple) -> None:
+    def _output_grad(self, name: str, nr: int, key: tuple, grad_outputs: tuple) -> None:
         g = grad_outputs[nr] if nr < len(grad_outputs) else None
         if g is not None:
-            self.backward.append((name, "output", bool(torch.isfinite(g).all())))
+            self.backward.append((name, "output", bool(torch.isfinite(g).all()), key))
 
     def _param_grad(self, name: str, grad: torch.Tensor) -> None:
-        self.backward.append((name, "parameter", bool(torch.isfinite(grad).all())))
+        self.backward.append((name, "parameter", bool(torch.isfinite(grad).all()), None))
 
     def backward_origin(self) -> tuple[str, str, str] | None:
-        """(module that made the first non-finite gradient, module whose gradient holds it, what)."""
-        last_finite = "loss_fn"
-        for name, what, finite in self.backward:
+        """(module that made the first non-finite gradient, module whose gradient holds it, what).
+
+        A parameter's gradient is made by its module. The gradient at a module's output is made
+        by the backward passes of the modules that took that output as an input: the first of
+        them whose own output gradient was finite is named (if the output went only into code
+        outside any submodule, the last module whose output gradient was finite, or loss_fn)."""
+        last_finite, finite_outputs = "loss_fn", set()
+        for name, what, finite, key in self.backward:
             if finite:
                 if what == "output":
                     last_finite = name
+                    finite_outputs.add(name)
                 continue
-            return (name if what == "parameter" else last_finite), name, what
+            if what == "parameter":
+                return name, name, what
+            makers = [m for m in self.consumers.get(key, []) if m in finite_outputs]
+            return (makers[0] if makers else last_finite), name, what
         return None
+
+
+def _key(t: torch.Tensor) -> tuple[int, int]:
+    """Which autograd output ``t`` is: its node's id and output number."""
+    return id(t.grad_fn), t.output_nr
 
 
 def gradient_growth(norms: Sequence[float] | np.ndarray) -> tuple[float, float] | None:
@@ -525,9 +605,10 @@ def _growth_finding(where: str, norms: list[float], what: str, through_time: boo
     severity = "error" if size >= GROWTH_ERROR else "warning" if size >= GROWTH_WARNING else "info"
     kind = "exploding_gradient" if exploding else "vanishing_gradient"
     trend = "grows" if exploding else "shrinks"
+    used = [v for v in norms if math.isfinite(v) and v > 0]  # the positions the fit used
     evidence = (f"||dL/d(output)|| {trend} by {size:.3g}x from the last {what} to the first "
-                f"({per_step:.3g}x per {what}, fitted over {len(norms)}): "
-                f"first {norms[0]:.3g}, last {norms[-1]:.3g}")
+                f"({per_step:.3g}x per {what}, fitted over {len(used)}): "
+                f"first {used[0]:.3g}, last {used[-1]:.3g}")
     if through_time:
         chapter = CHAPTERS["exploding_through_time" if exploding else "vanishing_through_time"]
         advice = ("clip the gradient norm, and keep the recurrent weight's spectral radius near 1"
@@ -543,17 +624,20 @@ def _growth_finding(where: str, norms: list[float], what: str, through_time: boo
 
 
 def _depth_findings(layers: list[str], norms: np.ndarray) -> list[Finding]:
-    finding = _growth_finding(layers[0], [float(v) for v in norms], "layer", False) if len(layers) else None
+    """The trend across ``layers``; those without a gradient (NaN, zero) are left out of the
+    fit, and the first and last layers that have one are named."""
+    have = [name for name, v in zip(layers, norms, strict=True) if math.isfinite(v) and v > 0]
+    finding = _growth_finding(have[0], [float(v) for v in norms], "layer", False) if have else None
     if finding is not None:
         finding = Finding(finding.kind, finding.where, finding.severity,
-                          finding.evidence + f" (layers {layers[0]!r} ... {layers[-1]!r})",
+                          finding.evidence + f" (layers {have[0]!r} ... {have[-1]!r})",
                           finding.advice, finding.chapter, {**finding.values, "layers": list(layers)})
     return [finding] if finding else []
 
 
 def _site_findings(site: ActivationSite) -> list[Finding]:
     found = []
-    if site.calls >= MIN_TREND_POINTS:
+    if site.calls >= MIN_TREND_POINTS and not site.across_layers:
         f = _growth_finding(site.module, list(site.grad_norms), f"call of {site.function}", True)
         if f is not None:
             found.append(f)
@@ -570,30 +654,46 @@ def _site_findings(site: ActivationSite) -> list[Finding]:
     if not math.isnan(site.dead) and site.dead > 0:
         d = site.dead
         severity = "error" if d >= DEAD_ERROR else "warning" if d >= DEAD_WARNING else "info"
+        advice = ("check the biases and the learning rate before this layer; a leaky ReLU or a lower "
+                  "learning rate keeps units alive")
+        evidence = f"{d:.1%} of {site.units} {site.function} units are never active on {site.samples} samples"
+        if site.function in _LEAKY:
+            severity = "info"
+            evidence += " (its negative side still passes a gradient: inactive, not dead)"
+            advice = "check the biases before this layer if so many units should not be negative"
         found.append(Finding(
-            "dead_units", site.module, severity,
-            f"{d:.1%} of {site.units} {site.function} units are never active on {site.samples} samples",
-            "check the biases and the learning rate before this layer; a leaky ReLU or a lower "
-            "learning rate keeps units alive", CHAPTERS["dead_units"],
+            "dead_units", site.module, severity, evidence, advice, CHAPTERS["dead_units"],
             {"dead": d, "units": site.units, "samples": site.samples}))
     return found
 
 
-def _update_findings(names: list[str], ratios: np.ndarray, weights: list[bool]) -> list[Finding]:
+def _update_findings(names: list[str], ratios: np.ndarray, weights: list[bool],
+                     zero_start: list[bool]) -> list[Finding]:
+    """Update-ratio findings of the weights; a weight that starts at zero (a zero-initialized
+    output layer or residual branch) has no ratio to speak of in its first steps: its later
+    ratios are steps against a weight the doctor's own steps made, so it is noted, not judged."""
     if ratios.size == 0:
         return []
+    found = []
+    zeroed = [n for n, w, z in zip(names, weights, zero_start, strict=True) if w and z]
+    if zeroed:
+        found.append(Finding(
+            "update_ratio", zeroed[0], "info",
+            f"{len(zeroed)} weight(s) start at zero ({', '.join(map(repr, zeroed[:3]))}): no update ratio "
+            "is judged for them", "nothing to change if the zero initialization is intended",
+            CHAPTERS["update_ratio"], {"zero_start": zeroed}))
     with np.errstate(all="ignore"):
-        medians = {}
+        medians, steps = {}, {}
         for k, (name, is_weight) in enumerate(zip(names, weights, strict=True)):
             column = ratios[:, k]
             column = column[np.isfinite(column)]
-            if is_weight and column.size:
+            if is_weight and not zero_start[k] and column.size:
                 medians[name] = float(np.median(column))
+                steps[name] = [float(v) for v in column]
     if not medians:
-        return []
+        return found
     lo, hi = UPDATE_BAND
     band = f"healthy band about 1e-3 per step ({lo:g} to {hi:g})"
-    found = []
     outside = {n: v for n, v in medians.items() if not lo <= v <= hi}
     for name, v in sorted(outside.items(), key=lambda kv: -abs(math.log10(max(kv[1], 1e-300)) + 3))[:3]:
         if v > 1.0:
@@ -605,10 +705,12 @@ def _update_findings(names: list[str], ratios: np.ndarray, weights: list[bool]) 
         high = v > hi
         found.append(Finding(
             "update_ratio", name, severity,
-            f"median ||W_new - W_old|| / ||W_old|| = {v:.3g} per step; {band}",
+            f"median ||W_new - W_old|| / ||W_old|| = {v:.3g} per step (steps: "
+            + ", ".join(f"{r:.3g}" for r in steps[name]) + f"); {band}",
             "lower the learning rate (or warm it up)" if high else
             "raise the learning rate, or check that this weight gets a gradient",
-            CHAPTERS["update_ratio"], {"ratio": v, "band": UPDATE_BAND, "ratios": medians}))
+            CHAPTERS["update_ratio"], {"ratio": v, "per_step": steps[name], "band": UPDATE_BAND,
+                                       "ratios": medians}))
     if not outside:
         values = np.array(list(medians.values()))
         found.append(Finding(
@@ -636,7 +738,9 @@ def doctor(
     ``optimizer.step()`` (one pass without an optimizer: nothing changes between passes). It
     stops at the first NaN/Inf and never steps on it. The random state of Python, NumPy and
     PyTorch is restored afterwards, so dropout in the copy draws nothing from the caller's
-    stream. See the module docstring for what is measured and the thresholds.
+    stream. Hooks the caller registered on ``model`` are copied with it and run on the copy: one
+    that writes to an outside object (a list it appends to) writes there. See the module
+    docstring for what is measured and the thresholds.
 
     Args:
         model: any ``nn.Module``.
@@ -691,6 +795,7 @@ def _examine(model: nn.Module, optimizer, loss_fn, x, y, steps: int, model_name:
                                 CHAPTERS["non_finite"]))
     probe = _Probe(model)
     monitor = GradientMonitor(model, optimizer)
+    zero_start = [p.ndim >= 2 and not bool(p.detach().any()) for p in monitor._params]
     losses: list[float] = []
     probe.attach()
     monitor.attach()
@@ -710,13 +815,21 @@ def _examine(model: nn.Module, optimizer, loss_fn, x, y, steps: int, model_name:
             if probe.forward_bad is not None or not math.isfinite(losses[-1]):
                 if probe.forward_bad is not None:
                     where, evidence = probe.forward_bad, "the forward output of this module holds NaN/Inf"
+                    if probe.forward_bad_input_finite:
+                        evidence += ", its inputs were finite: it made the NaN/Inf"
+                    else:
+                        source = (f"the code of {probe.forward_bad_caller!r} before this call"
+                                  if probe.forward_bad_caller else "the batch")
+                        evidence += (", but its inputs already did (made by an operation outside any "
+                                     f"submodule: {source}; or a mask of -inf)")
                 else:
                     where, evidence = "loss_fn", f"the forward pass is finite but the loss is {losses[-1]}"
                 findings.append(Finding(
                     "non_finite", where, "error", f"{evidence} (pass {step}; the first in execution order)",
                     "look at this module's inputs and weights: an overflow (float16 above 65504), a log or "
                     "division near 0, or weights already non-finite", CHAPTERS["non_finite"],
-                    {"pass": step, "phase": "forward"}))
+                    {"pass": step, "phase": "forward",
+                     "input_finite": probe.forward_bad is None or probe.forward_bad_input_finite}))
                 break
             loss.backward()
             origin = probe.backward_origin()
@@ -743,15 +856,19 @@ def _examine(model: nn.Module, optimizer, loss_fn, x, y, steps: int, model_name:
     columns = [monitor.layer_names.index(n) for n in layers]
     table = monitor.output_grad_norms[:, columns] if monitor.steps else np.empty((0, len(columns)))
     layer_names = [n or ROOT for n in layers]
-    if table.shape[0] and np.isfinite(table[0]).all():  # the first pass's gradients, if finite
+    # The first pass's gradients, unless that pass made a NaN/Inf; a layer without a gradient (a
+    # frozen first layer, an unused branch) is NaN there and is left out of the fit.
+    first_pass_bad = any(f.kind == "non_finite" and f.values.get("pass") == 0 for f in findings)
+    if table.shape[0] and not first_pass_bad and not np.isinf(table[0]).any():
         findings += _depth_findings(layer_names, table[0])
-    sites = [s.result() for s in probe.sites.values()]
+    sites = [s.result(probe.layer_log) for s in probe.sites.values()]
     if not any(f.kind == "non_finite" for f in findings):
         for site in sites:
             findings += _site_findings(site)
     ratios = monitor.param_update_ratios if optimizer is not None else np.empty((0, 0))
     is_weight = [p.ndim >= 2 for p in monitor._params]
-    findings += _update_findings(monitor.param_names, ratios, is_weight) if optimizer is not None else []
+    if optimizer is not None:
+        findings += _update_findings(monitor.param_names, ratios, is_weight, zero_start)
     if optimizer is not None and len(losses) >= 2 and all(map(math.isfinite, losses)):
         if losses[0] > 0 and losses[-1] >= LOSS_GROWTH * losses[0]:
             findings.append(Finding(

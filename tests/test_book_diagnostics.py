@@ -37,11 +37,14 @@ def _default_mlp(depth, seed, width=64):
 def test_default_init_shrinks_the_gradient_by_one_over_sqrt6_per_layer():
     """16 seeds of the 9-layer network of the exercise: the mean fitted factor per layer is within
     3 standard errors of 1/sqrt(6) = 0.408 (measured 0.405 +- 0.005 on the chapter's 8 seeds)."""
-    factors = []
+    factors, errors = [], 0
     for seed in range(16):
         report = gl.doctor(_default_mlp(9, seed), MSE, gl.data.teacher_regression(64, 16, seed=seed))
         (finding,) = report.of_kind("vanishing_gradient")
         factors.append(finding.values["per_step"])
+        errors += finding.severity == "error" and seed < 8
+    # the chapter: "as an error ... at 7 of 8 seeds" (glued); most of them, and a shrinkage past 1000
+    assert errors >= 6
     factors = np.array(factors)
     se = factors.std(ddof=1) / math.sqrt(len(factors))
     assert abs(factors.mean() - 1 / math.sqrt(6)) < 3 * se + 1e-3
@@ -55,7 +58,7 @@ def _output_grad_norms(net, x, y):
         output.retain_grad()
         outputs.append(output)
 
-    hooks = [m.register_forward_hook(keep) for m in net if isinstance(m, nn.Linear)]
+    hooks = [m.register_forward_hook(keep) for m in net.modules() if isinstance(m, nn.Linear)]
     MSE(net(x), y).backward()
     for h in hooks:
         h.remove()
@@ -131,3 +134,24 @@ def test_the_cliff_gradient_grows_by_s_per_step_back_through_time():
     (finding,) = gl.doctor(model, MSE, batch).of_kind("exploding_gradient")
     assert finding.where == "(model)"
     assert math.isclose(finding.values["per_step"], w * (1 - h0**2), rel_tol=1e-3)
+
+
+def test_exploding_and_critical_factors_per_layer_over_sixteen_seeds():
+    """The chapter's sixteen seeds: the fitted factor per layer of the exploding network (gain
+    1.4) over that of the critical one (gain 1) of the same seed is 1.4 within 3 standard errors
+    plus 0.01 (the loss weighs the samples differently at the two gains; measured 1.407 +- 0.003);
+    each mean lies below its infinite-width value 1.4 or 1 (measured 1.377 +- 0.013 and
+    0.979 +- 0.010), and seed 0's, quoted in the chapter, below the mean of the others."""
+    factors = {1.4: [], 1.0: []}
+    for seed in range(16):
+        x, y = gl.data.teacher_regression(128, 16, kind="mlp", seed=seed)
+        for gain in factors:
+            net = gl.models.exploding_mlp(gain=gain, seed=seed)
+            norms = _output_grad_norms(net, x, y)
+            factors[gain].append(math.exp(-np.polyfit(np.arange(len(norms)), np.log(norms), 1)[0]))
+    exp, he = np.array(factors[1.4]), np.array(factors[1.0])
+    ratio = exp / he
+    se = ratio.std(ddof=1) / 4
+    assert abs(ratio.mean() - 1.4) < 3 * se + 0.01
+    assert exp.mean() < 1.4 and he.mean() < 1.0
+    assert exp[0] < exp[1:].mean() and he[0] < he[1:].mean()

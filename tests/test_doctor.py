@@ -359,3 +359,166 @@ def test_a_model_without_trainable_parameters_or_an_optimizer_of_another_model()
     other = torch.optim.SGD(nn.Linear(3, 1).parameters(), lr=0.1)
     with pytest.raises(ValueError, match="optimizer holds none of model's parameters"):
         gl.doctor(nn.Linear(3, 1), F.mse_loss, (torch.randn(4, 3), torch.randn(4, 1)), optimizer=other)
+
+
+# -- review: frozen layers, the origin of a forward NaN ------------------------------------------
+
+def test_a_frozen_first_layer_does_not_hide_the_trend():
+    """A frozen first layer (a frozen embedding or stem) has no output gradient: it is left out of
+    the fit instead of switching the depth check off, and the first layer with a gradient is
+    named. Its growth is that of the unfrozen network's layers 1 to 9."""
+    x, y = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)), torch.zeros(64, 1)
+    with gl.utils.seeded(0):
+        net = gl.mlp(10, 32, in_features=16, out_features=1, init="he", gain=2.0)
+    free = gl.doctor(net, F.mse_loss, (x, y))
+    net[0].requires_grad_(False)
+    frozen = gl.doctor(net, F.mse_loss, (x, y))
+    assert math.isnan(frozen.output_grad_norms[0, 0])
+    (found,) = frozen.of_kind("exploding_gradient")
+    assert found.where == "1.linear" and "fitted over 9" in found.evidence
+    np.testing.assert_allclose(frozen.output_grad_norms[0, 1:], free.output_grad_norms[0, 1:], rtol=1e-5)
+    expected, _ = gradient_growth(free.output_grad_norms[0, 1:])
+    assert found.values["growth"] == pytest.approx(expected, rel=1e-6)
+
+
+class _LogBetweenChildren(nn.Module):
+    """The NaN is made by the model's own torch.log between its two layers; ``b`` is registered
+    first but runs last, ``a`` is registered last but runs first."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Linear(4, 4)
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(torch.log(self.a(x)))
+
+
+def test_forward_nan_evidence_says_whether_the_module_made_it():
+    x, y = torch.randn(8, 4), torch.randn(8, 4)
+    model = _LogBetweenChildren()
+    (found,) = gl.doctor(model, F.mse_loss, (x, y)).of_kind("non_finite")
+    assert found.where == "b" and found.values["input_finite"] is False
+    assert "inputs already did" in found.evidence and "'(model)'" in found.evidence
+    with torch.no_grad():
+        model.a.weight[0, 0] = math.inf  # now a, registered after b but run before it, makes it
+    (found,) = gl.doctor(model, F.mse_loss, (x, y)).of_kind("non_finite")
+    assert found.where == "a" and found.values["input_finite"] is True
+    assert "it made the NaN/Inf" in found.evidence
+
+
+def test_update_ratio_reports_every_step_and_notes_a_zero_initialized_weight():
+    """The finding's per-step ratios are those of manual Adam steps (the first one, 5.6, an error
+    on its own, is not hidden behind the median); a zero-initialized read-out, a healthy
+    practice, has no ratio in its first steps (inf, then about 1) and gets a note, not an error."""
+    patient = next(p for p in zoo.broken() if p.name == "layer_lr_too_high")
+    report = _examine(patient)
+    (found,) = [f for f in report.of_kind("update_ratio") if f.where == "1.linear.weight"]
+    model, opt = patient.model, patient.optimizer
+    w, manual = model[1].linear.weight, []
+    for _ in range(3):
+        old = w.detach().clone()
+        opt.zero_grad()
+        patient.loss_fn(model(patient.batch[0]), patient.batch[1]).backward()
+        opt.step()
+        manual.append(float((w.detach() - old).norm() / old.norm()))
+    np.testing.assert_allclose(found.values["per_step"], manual, rtol=1e-4)
+    assert manual[0] > 1 and "steps: " + f"{manual[0]:.3g}" in found.evidence
+
+    with gl.utils.seeded(0):
+        net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    nn.init.zeros_(net[4].weight)
+    batch = (torch.randn(64, 16), torch.randn(64, 1))
+    report = gl.doctor(net, F.mse_loss, batch, optimizer=torch.optim.Adam(net.parameters(), lr=1e-3))
+    assert report.ok, str(report)
+    k = report.param_names.index("4.weight")
+    # what it used to be judged on: inf at the first step, then about 1
+    assert math.isinf(report.update_ratios[0, k]) and report.update_ratios[1, k] > 0.5
+    (note,) = [f for f in report.findings if f.where == "4.weight"]
+    assert note.severity == "info" and note.values["zero_start"] == ["4.weight"]
+
+
+def test_dead_channels_of_a_conv1d_and_inactive_leaky_units():
+    """A Conv1d's output is (batch, channels, length): its units are the channels, not the
+    positions (8 of 16 channels with bias -100 are half the units dead, a warning). A leaky ReLU
+    unit that is never positive still passes a gradient: a note, not a warning."""
+
+    class Conv1dNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 16, 3, padding=1)
+            self.act = nn.ReLU()
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.head(self.act(self.conv(x)).mean(-1))
+
+    net = Conv1dNet()
+    with torch.no_grad():
+        net.conv.bias[:8] = -100.0
+    report = gl.doctor(net, F.mse_loss, (torch.randn(64, 4, 20), torch.randn(64, 1)))
+    (dead,) = report.of_kind("dead_units")
+    assert dead.where == "act" and dead.values["dead"] == 0.5 and dead.values["units"] == 16
+    assert dead.values["samples"] == 64 * 20
+
+    net = nn.Sequential(nn.Linear(8, 32), nn.LeakyReLU(0.1), nn.Linear(32, 1))
+    with torch.no_grad():
+        net[0].bias[:24] = -100.0
+    report = gl.doctor(net, F.mse_loss, (torch.randn(64, 8), torch.randn(64, 1)))
+    assert report.ok
+    (note,) = report.of_kind("dead_units", at_least="info")
+    assert note.values["dead"] == 0.75 and "not dead" in note.evidence and "leaky ReLU" not in note.advice
+
+
+def test_backward_nan_maker_is_a_consumer_of_the_output_not_the_last_module_seen():
+    """Branch ``b`` runs its backward between the square root's and the ReLU's (its node was made
+    between them): the gradient at the ReLU's output is made by the square root, which took that
+    output as its input, not by ``b``, the last module whose gradient arrived finite."""
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.relu, self.b = nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)
+            self.sqrt, self.out = zoo.Sqrt(), nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = self.relu(self.a(x))
+            hb = self.b(x)
+            return self.out(hb + self.sqrt(h))
+
+    with gl.utils.seeded(0):
+        model = Branch()
+    report = gl.doctor(model, F.mse_loss, (torch.randn(32, 8), torch.randn(32, 1)))
+    (found,) = report.of_kind("non_finite")
+    assert found.where == "sqrt" and found.values["holder"] == "relu"
+
+
+def test_a_functional_relu_applied_after_each_layer_is_depth_not_time():
+    """A feed-forward network that applies F.relu in a loop over its layers calls one activation
+    12 times in one module, each time after a different nn.Linear: those calls are layers, so
+    the doctor reports the layers' trend only, not a second one "through time" with the RNN
+    cliff's advice. A written-out RNN cell (no layer module between its calls) still gets one."""
+
+    class FunctionalMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(16 if i == 0 else 32, 32) for i in range(12)])
+            self.out = nn.Linear(32, 1)
+            for layer in self.layers:
+                nn.init.normal_(layer.weight, std=1.5 * (2 / layer.in_features) ** 0.5)
+                nn.init.zeros_(layer.bias)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = F.relu(layer(x))
+            return self.out(x)
+
+    with gl.utils.seeded(0):
+        model = FunctionalMLP()
+    report = gl.doctor(model, F.mse_loss, (torch.randn(64, 16), torch.randn(64, 1)))
+    (site,) = report.activations
+    assert site.calls == 12 and site.across_layers
+    found = report.of_kind("exploding_gradient")
+    assert [(f.where, f.chapter) for f in found] == [("layers.0", "initialization")]
+    cliff = next(p for p in zoo.broken() if p.name == "cliff_rnn")
+    assert not any(s.across_layers for s in _examine(cliff).activations)
