@@ -13,11 +13,24 @@ traceback.
 from pathlib import Path
 
 import pytest
+import torch
 
 import chapter_cache  # book/_ext, on the path through [tool.pytest.ini_options] pythonpath
 
 BOOK = Path(__file__).parent / "book"
 _RESULTS = pytest.StashKey[dict]()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test runs PyTorch on one thread, the book's thread policy (CONTRIBUTING.md, "Thread
+    policy"): the tests' tensors are small, a second thread costs more than it gives on a shared
+    2-core CPU, and the chapters whose numbers the tests recompute ran on one thread, which
+    fixes the rounding of chaotic runs. A test that needs another count sets it itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class ChapterFailed(Exception):

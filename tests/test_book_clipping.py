@@ -14,15 +14,6 @@ import gradlab as gl
 MSE = torch.nn.functional.mse_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as the chapters run (the book's thread policy); restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data():
     return gl.data.teacher_regression(128, 16, kind="mlp", seed=0)

@@ -18,14 +18,6 @@ from gradlab.doctor import GROWTH_ERROR, GROWTH_WARNING
 MSE = nn.functional.mse_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _default_mlp(depth, seed, width=64):
     with gl.utils.seeded(seed):
         layers = [nn.Linear(16, width), nn.ReLU()]

@@ -12,14 +12,6 @@ import gradlab as gl
 MSE = torch.nn.functional.mse_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _run(net_seed, p, mask_seed, data):
     torch.manual_seed(mask_seed)
     model = gl.models.exploding_mlp(seed=net_seed, dropout=p)

@@ -10,14 +10,6 @@ from torch import nn
 import gradlab as gl
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_tanh_gain_five_thirds_is_chaotic_as_chi1_predicts():
     """calculate_gain("tanh") = 5/3 with zero biases: on four networks of 30 layers and width
     256 (kaiming_normal_), the fitted per-layer factor of ||dL/dz_l||² over layers 6 to 29 is

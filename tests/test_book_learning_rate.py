@@ -22,16 +22,6 @@ MSE = torch.nn.MSELoss()
 BETA = 0.9
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The chapter's thread policy: small networks, and a second thread on a shared 2-core CPU
-    costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tanh_net(seed):
     with gl.utils.seeded(seed):
         return gl.mlp(3, 32, in_features=5, out_features=1, activation="tanh", init="xavier")

@@ -15,13 +15,6 @@ from gradlab.theory import norm_gradient_growth
 from gradlab.utils import seeded
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def _growth(activation, norm, batch, **options):
     factors = gl.propagation.normalized_gradient_growth(activation, norm, batch, **options)
     return float(factors.mean()), float(factors.std(ddof=1) / math.sqrt(len(factors)))

@@ -7,7 +7,6 @@ import math
 import warnings
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -15,14 +14,6 @@ import gradlab as gl
 from gradlab.propagation import first_step_change, residual_gains, stack_norms
 from gradlab.theory import fixup_update_size, residual_growth
 from gradlab.utils import seeded
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_depth_sweep_plain_explodes_and_remedies_stay_bounded():

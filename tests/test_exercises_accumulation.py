@@ -7,15 +7,6 @@ from gradlab.exercises.accumulation import ACCUMULATION_SLIPS, _accumulation_cas
 from gradlab.train import fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: on a shared 2-core CPU a second thread costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _only_slip(word):
     (slip,) = [s for s in ACCUMULATION_SLIPS if word in s]
     return slip

@@ -6,15 +6,6 @@ import torch
 from gradlab.exercises.optimizers import ADAM_SLIPS, M, V, _adam_case, check_adam_step
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared 2-core CPU a second thread costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _only_slip(word):
     (slip,) = [s for s in ADAM_SLIPS if word in s]
     return slip

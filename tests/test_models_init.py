@@ -11,15 +11,6 @@ from gradlab.models import LSUV_LAYERS, lsuv_init_, mlp
 from gradlab.utils import seeded
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: on a shared 2-core CPU a second thread costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _output_variances(model, x):
     """Population variance of every LSUV layer's output on x, in forward order (hooks)."""
     seen = []

@@ -13,14 +13,6 @@ from gradlab.models import NORM_POSITIONS, Transformer, TransformerBlock, lm_los
 from gradlab.models.transformer import FFN_EXPANSION, NORM_EPS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(**kwargs):
     config = {"d_model": 32, "n_head": 4, "n_layer": 2, "context": 12, **kwargs}
     with gl.utils.seeded(0):

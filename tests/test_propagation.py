@@ -16,14 +16,6 @@ from gradlab.models import Transformer, lm_loss, mlp
 from gradlab.utils import seeded
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 256-wide layers on a shared CPU: a second thread costs more than it gives
-    yield
-    torch.set_num_threads(threads)
-
-
 def _net(depth=4, width=16, seed=0):
     with seeded(seed):
         return mlp(depth, width, activation="tanh", init="gaussian", gain=1.3, bias_std=0.2)

@@ -9,15 +9,6 @@ import gradlab as gl
 from gradlab.spectral import orthogonality_penalty, singular_values, spectral_norms, weight_matrices
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared 2-core CPU a second thread costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _rnn(seed=0, gain=1.5):
     torch.manual_seed(seed)
     return gl.models.VanillaRNN(3, 12, 2, gain=gain)

@@ -20,15 +20,6 @@ from gradlab.theory import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices on a shared 2-core CPU: a second thread costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mean_se(values):
     values = np.asarray(values, dtype=float)
     return values.mean(), values.std(ddof=1) / math.sqrt(len(values))

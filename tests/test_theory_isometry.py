@@ -21,16 +21,6 @@ from gradlab.theory import (
 )
 from gradlab.utils import seeded
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices: on a shared 2-core CPU a second thread costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------
 # critical_point
 # ---------------------------------------------------------------------------------------------

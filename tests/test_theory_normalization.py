@@ -20,14 +20,6 @@ from gradlab.theory import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def measured_growth(activation, norm, batch, **options):
     """The chapter's measurement (gl.propagation.normalized_gradient_growth): the mean over
     networks of the per-layer factor, and its standard error."""

@@ -13,14 +13,6 @@ from gradlab.theory import fixup_multiplier, fixup_update_size, residual_growth,
 from gradlab.utils import seeded
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mean_se(a):
     return float(np.mean(a)), float(np.std(a, ddof=1) / math.sqrt(len(a)))
 

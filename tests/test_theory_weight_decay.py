@@ -18,15 +18,6 @@ from gradlab.theory import (
 BETA1, BETA2 = 0.9, 0.999
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared 2-core CPU a second thread costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _worst_case_gradients(steps, sign=1.0):
     """Gradients of one sign growing by beta2/beta1 per step: they attain Adam's step bound."""
     return sign * (BETA2 / BETA1) ** torch.arange(steps, dtype=torch.float64)
