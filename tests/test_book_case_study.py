@@ -164,7 +164,7 @@ def test_no_large_gradient_at_init_post_ln_norm_inputs_grow(runs):
     more than the first block's gradient falls; in Pre-LN the final norm's sigma grows < 200 times
     and the first block's gradient falls < 50 times."""
     ratio = np.mean([p["monitor"].grad_norms[0] / q["monitor"].grad_norms[0]
-                     for p, q in zip(runs["failing"], runs["Pre-LN"])], axis=0)
+                     for p, q in zip(runs["failing"], runs["Pre-LN"], strict=True)], axis=0)
     assert ratio.max() < 1.6 and ratio.min() > 0.8, ratio
     path = ("blocks.0.norm2", "blocks.1.norm1", "blocks.1.norm2")
     for r in runs["failing"]:
@@ -189,8 +189,8 @@ def test_logit_spread_collapses_after_the_first_step_only_in_post_ln(runs):
 
 def test_adam_first_update_ratio_is_lr_sqrt_fan_in(runs, text):
     """Every linear weight of every seed: the first step's ||dW|| / ||W|| within 5% of
-    lr * sqrt(fan_in) (the spread of ||W|| around its mean), and the mean over layers and seeds
-    within 1%."""
+    lr * sqrt(fan_in) and within 3.5 times the scatter of ||W|| around its mean, and the mean over
+    layers and seeds within 1%."""
     model = _model(text, "post", 0)
     names = runs["failing"][0]["monitor"].layer_names
     fan_in = np.array([dict(model.named_modules())[n].in_features for n in names])
@@ -198,6 +198,10 @@ def test_adam_first_update_ratio_is_lr_sqrt_fan_in(runs, text):
     rel = measured / (LR * np.sqrt(fan_in)) - 1
     assert np.abs(rel).max() < 0.05, rel
     assert abs(rel.mean()) < 0.01
+    # the deviations are the scatter of ||W|| at init, relative sd 1/sqrt(2 m n) (independent code,
+    # 8 seeds x 9 weights: deviations / that scatter have sd 0.92)
+    fan_out = np.array([dict(model.named_modules())[n].out_features for n in names])
+    assert np.abs(rel * np.sqrt(2 * fan_in * fan_out)).max() < 3.5
 
 
 def test_doctor_flags_only_update_ratios_in_post_and_pre_ln(text):
