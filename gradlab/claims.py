@@ -170,8 +170,9 @@ def claim_batch_norm(depth: int = 30, width: int = 64, batch_size: int = 6, seed
         verdict, condition = "false", ""
     elif max(with_bn, linear_bn) >= EXPLODES:
         verdict = "conditional"
-        condition = ("it removes the growth that comes from the weights' scale, but its own "
-                     "backward pass grows the gradient layer by layer, more at small batches")
+        condition = ("against the growth that comes from the weights' scale; its own backward "
+                     "pass grows the gradient layer by layer, more at small batches, so a deep "
+                     "network still explodes")
     else:
         verdict, condition = "true", ""
     return Verdict(1, "batch normalization prevents explosion", verdict, condition, evidence,
@@ -207,26 +208,48 @@ def claim_relu(depth: int = 16, width: int = 64, seeds: int = 3) -> Verdict:
     return Verdict(2, "ReLU prevents explosion", verdict, condition, evidence, "activations")
 
 
-def claim_dropout(p: float = 0.2, seeds: int = 3) -> Verdict:
+def _output_free_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``mean(out * y)``: a loss whose gradient at the output, ``y / n``, does not depend on the
+    output (unlike the mean squared error's ``2 (out - y) / n``)."""
+    return (out * y).mean()
+
+
+def claim_dropout(p: float = 0.2, seeds: int = 20) -> Verdict:
     """Claim 3, dropout prevents explosion.
 
     Experiment: ``exploding_mlp`` with and without ``nn.Dropout(p)`` after every hidden layer, in
-    training mode, same weights; ``G`` on 64 examples, averaged over ``seeds`` networks (and
-    masks). Each mask multiplies ``E||g||²`` by ``1 / (1 - p)``
-    (:func:`gradlab.theory.dropout_gradient_factor`): dropout predicts more growth, not less.
+    training mode, same weights; ``G`` on 64 examples, averaged (geometrically) over ``seeds``
+    networks (and masks), and the ratio ``G_with / G_without`` with the standard error of its
+    logarithm over the networks (``ratio_se``, a factor). Each mask multiplies ``E||g||²`` by
+    ``1 / (1 - p)`` (:func:`gradlab.theory.dropout_gradient_factor`), so the ratio is predicted
+    as ``(1 - p)^(-15/2)`` in wide layers: dropout predicts more growth, not less. The same
+    ratio with the loss ``mean(out * y)`` (``ratio_output_free``), whose gradient at the output
+    does not depend on the output: the mean squared error weights each example by its own
+    output, which is larger for an example whose masks kept more units, and so are the
+    gradients it sends back; this correlation, a finite-width effect, is what makes the
+    measured ratio exceed the prediction at width 32.
 
     Rule: ``"false"`` if the network with dropout still explodes; ``"true"`` otherwise.
     """
     p = check_probability("p", p)
-    seeds = check_int("seeds", seeds, minimum=1)
+    seeds = check_int("seeds", seeds, minimum=2)
     x, y = _data(64)
-    without = _mean_log_growth(lambda s: exploding_mlp(seed=s), x, y, seeds)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # the masks
-        with_dropout = _mean_log_growth(lambda s: exploding_mlp(seed=s, dropout=p), x, y, seeds)
-    evidence = {"without": without, "with_dropout": with_dropout, "p": p,
-                "ratio": with_dropout / without, "ratio_predicted": (1 - p) ** -(15 / 2)}
-    verdict = "false" if with_dropout >= EXPLODES else "true"
+    evidence: dict[str, float] = {"p": p, "ratio_predicted": (1 - p) ** -(15 / 2)}
+    for suffix, loss_fn in (("", F.mse_loss), ("_output_free", _output_free_loss)):
+        logs = {}
+        for name, drop in (("without", 0.0), ("with_dropout", p)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # the masks
+                logs[name] = np.array([
+                    math.log(layer_growth(exploding_mlp(seed=s, dropout=drop), x, y, loss_fn))
+                    for s in range(seeds)])
+        diff = logs["with_dropout"] - logs["without"]
+        if not suffix:
+            evidence["without"] = float(np.exp(logs["without"].mean()))
+            evidence["with_dropout"] = float(np.exp(logs["with_dropout"].mean()))
+        evidence[f"ratio{suffix}"] = float(np.exp(diff.mean()))
+        evidence[f"ratio{suffix}_se"] = math.exp(float(diff.std(ddof=1)) / math.sqrt(seeds))
+    verdict = "false" if evidence["with_dropout"] >= EXPLODES else "true"
     return Verdict(3, "dropout prevents explosion", verdict, "", evidence, "dropout")
 
 
@@ -237,10 +260,10 @@ def claim_weight_decay(weight_decay: float = 0.01, lr: float = 1e-3, steps: int 
     on 64 examples, with and without ``weight_decay``; the step at which each run met a NaN/Inf
     (``-1``: none), and the first step's gradient norm. Decay shrinks the weights by
     ``1 - lr · weight_decay`` per step: nothing before the first step, and by ``k`` steps at most
-    that factor to the power ``k``.
+    that factor to the power ``k`` (``weight_shrink``, over the steps the run with decay took).
 
     Rule: ``"true"`` if the run without decay diverges and the run with decay does not;
-    ``"false"`` otherwise.
+    ``"false"`` otherwise (also when neither diverges: then nothing was prevented).
     """
     weight_decay = check_real("weight_decay", weight_decay, minimum=0.0)
     lr = check_real("lr", lr, minimum=0.0, strict=True)
@@ -260,7 +283,8 @@ def claim_weight_decay(weight_decay: float = 0.01, lr: float = 1e-3, steps: int 
                           progress=False)
         evidence[f"nonfinite_step_{name}"] = float(history.stopped_at if history.diverged else -1)
         evidence[f"first_grad_norm_{name}"] = float(history.grad_norm[0])
-    evidence["weight_shrink"] = (1 - lr * weight_decay) ** steps
+        applied = history.stopped_at if history.diverged else steps  # the steps taken
+    evidence["weight_shrink"] = (1 - lr * weight_decay) ** applied  # over the steps the decayed run took
     prevents = evidence["nonfinite_step_without"] >= 0 and evidence["nonfinite_step_with"] < 0
     return Verdict(4, "weight decay prevents explosion", "true" if prevents else "false", "", evidence,
                    "weight_decay")
@@ -269,26 +293,37 @@ def claim_weight_decay(weight_decay: float = 0.01, lr: float = 1e-3, steps: int 
 # -- 5 to 9: the training loop -------------------------------------------------------------------
 
 
-def claim_lower_lr(lr_high: float = 0.5, lr_low: float = 0.05, steps: int = 100) -> Verdict:
+def claim_lower_lr(lr_high: float = 0.5, lr_low: float = 0.05, steps: int = 100,
+                   deep_lrs: tuple[float, float] = (1e-4, 1e-6), deep_steps: int = 30) -> Verdict:
     """Claim 5, lowering the learning rate fixes explosion.
 
-    Experiment, two kinds of explosion. (a) A step-size instability: a healthy network (4 ReLU
+    Experiment, three kinds of blow-up. (a) A step-size instability: a healthy network (4 ReLU
     layers of width 32, He init) trained by SGD for ``steps`` full-batch steps on 128 examples
     at ``lr_high`` and at ``lr_low``; the last finite loss over the first (``inf`` for a run
-    that met a NaN/Inf). (b) The depth product: SGD steps of ``exploding_mlp`` on 64 examples at
-    ``1e-4`` and at ``1e-6``, watched by a :class:`gradlab.GradientMonitor`; ``G`` of the first
-    step's gradient. The gradient is computed before any step, so the rate cannot change it: to
-    remove ``G`` the weights must change (initialization, architecture), not the step.
+    that met a NaN/Inf). (b) The depth product: ``exploding_mlp`` trained by SGD for
+    ``deep_steps`` full-batch steps on 64 examples at each rate of ``deep_lrs`` (high, low),
+    watched by a :class:`gradlab.GradientMonitor`; the step at which each run met a NaN/Inf
+    (``-1``: none), and for the run at the low rate its last loss over its first and ``G`` of
+    its first and of its last step's gradient (training itself changes the weights, and so
+    ``G``). (c) An overflow before any step: the first loss of ``exploding_mlp`` at depth 32
+    and gain 5, whose forward pass overflows float32; no learning rate acts before the first
+    step.
 
-    Rule: ``"conditional"`` if (a) diverges at ``lr_high`` (loss up 10 times, or a NaN/Inf) and
-    decreases at ``lr_low`` while in (b) ``G >= EXPLODES`` at both rates;
-    ``"true"`` if the lower rate fixes both; ``"false"`` if it fixes neither.
+    Rule: ``"false"`` unless the lower rates fix (a) (loss up 10 times, or a NaN/Inf, at
+    ``lr_high``; down at ``lr_low``) and (b) (a NaN/Inf at the high rate, none at the low one);
+    then ``"conditional"`` if the first loss of (c) is not finite, ``"true"`` otherwise.
     """
     lr_high = check_real("lr_high", lr_high, minimum=0.0, strict=True)
     lr_low = check_real("lr_low", lr_low, minimum=0.0, strict=True)
     if lr_low >= lr_high:
         raise ValueError(f"lr_low must be below lr_high, got {lr_low} >= {lr_high}")
     steps = check_int("steps", steps, minimum=1)
+    if not isinstance(deep_lrs, tuple) or len(deep_lrs) != 2:
+        raise TypeError(f"deep_lrs must be a tuple (high, low) of two rates, got {deep_lrs!r}")
+    deep_high, deep_low = (check_real("deep_lrs", r, minimum=0.0, strict=True) for r in deep_lrs)
+    if deep_low >= deep_high:
+        raise ValueError(f"deep_lrs must be (high, low), got {deep_lrs}")
+    deep_steps = check_int("deep_steps", deep_steps, minimum=1)
     import warnings
 
     from .train import fit
@@ -304,27 +339,31 @@ def claim_lower_lr(lr_high: float = 0.5, lr_low: float = 0.05, steps: int = 100)
                           progress=False)
         finite = history.loss[np.isfinite(history.loss)]
         loss_ratio[lr] = math.inf if history.diverged else float(finite[-1] / finite[0])
-    growth = {}
-    for lr in (1e-4, 1e-6):
+    evidence = {"loss_ratio_high": loss_ratio[lr_high], "loss_ratio_low": loss_ratio[lr_low]}
+    for name, lr in (("high", deep_high), ("low", deep_low)):
         deep = exploding_mlp(seed=0)
-        opt = torch.optim.SGD(deep.parameters(), lr=lr)
-        with GradientMonitor(deep, opt) as mon:
-            for _ in range(2):
-                opt.zero_grad()
-                F.mse_loss(deep(x[:64]), y[:64]).backward()
-                opt.step()
-        growth[lr] = gradient_growth(mon.output_grad_norms[0])[0]
-    evidence = {"loss_ratio_high": loss_ratio[lr_high], "loss_ratio_low": loss_ratio[lr_low],
-                "growth_lr_1e-4": growth[1e-4], "growth_lr_1e-6": growth[1e-6]}
+        mon = GradientMonitor(deep)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the stop is the measurement
+            history = fit(deep, F.mse_loss, (x[:64], y[:64]), torch.optim.SGD(deep.parameters(), lr=lr),
+                          steps=deep_steps, monitor=mon, progress=False)
+        evidence[f"deep_nonfinite_step_{name}"] = float(history.stopped_at if history.diverged else -1)
+        if name == "low" and not history.diverged:
+            evidence["deep_growth_first"] = gradient_growth(mon.output_grad_norms[0])[0]
+            evidence["deep_growth_last"] = gradient_growth(mon.output_grad_norms[-1])[0]
+            evidence["deep_loss_ratio_low"] = float(history.loss[-1] / history.loss[0])
+    with torch.no_grad():
+        evidence["overflow_first_loss"] = float(F.mse_loss(exploding_mlp(depth=32, gain=5.0)(x[:64]), y[:64]))
     fixes_step = loss_ratio[lr_high] >= 10 and loss_ratio[lr_low] < 1
-    fixes_depth = min(growth.values()) < EXPLODES
-    if fixes_step and not fixes_depth:
+    fixes_deep = evidence["deep_nonfinite_step_high"] >= 0 and evidence["deep_nonfinite_step_low"] < 0
+    if not (fixes_step and fixes_deep):
+        verdict, condition = "false", ""
+    elif not math.isfinite(evidence["overflow_first_loss"]):
         verdict = "conditional"
-        condition = ("for a step too large for the curvature, not for a gradient that grows "
-                     "through the layers")
+        condition = ("when the steps cause the blow-up, if the rate goes low enough; not when the "
+                     "first forward pass already overflows")
     else:
-        verdict = "true" if fixes_step and fixes_depth else "false"
-        condition = ""
+        verdict, condition = "true", ""
     return Verdict(5, "a lower learning rate fixes explosion", verdict, condition, evidence,
                    "learning_rate")
 
@@ -434,30 +473,46 @@ def claim_value_vs_norm(clip_value: float = 0.01, max_norm: float = 1.0, scale: 
     return Verdict(8, "clipping by value equals clipping by norm", verdict, "", evidence, "clipping")
 
 
-def claim_adam(lr: float = 0.03, steps: int = 30, seeds: int = 2) -> Verdict:
+def claim_adam(lr: float = 0.03, steps: int = 30, seeds: int = 2, default_lr: float = 1e-3) -> Verdict:
     """Claim 9, Adam cannot explode (its step is normalized).
 
     Experiment: ``exploding_mlp`` trained by Adam at ``lr`` for ``steps`` full-batch steps on 64
     examples, ``seeds`` networks; for each, the largest loss of the run over the first loss (a
     NaN/Inf counts as infinite). Adam bounds each coordinate's step by about ``lr``, but a step
-    of that size in every weight of a deep network can still multiply the output.
+    of that size in every weight of a deep network can still multiply the output. Two controls,
+    the largest such growth over the same seeds: the same networks at PyTorch's default rate
+    ``default_lr`` (``default_lr_growth``), and He's networks (gain 1, no exploding gradient) at
+    ``lr`` (``gain_1_growth``), which tell whether the blow-up comes from the rate or from the
+    initialization.
 
-    Rule: ``"false"`` if some run's loss grew 10 times or more; ``"true"`` otherwise.
+    Rule: ``"false"`` if some run's loss at ``lr`` grew 10 times or more; ``"true"`` otherwise.
     """
     lr = check_real("lr", lr, minimum=0.0, strict=True)
     steps = check_int("steps", steps, minimum=1)
     seeds = check_int("seeds", seeds, minimum=1)
+    default_lr = check_real("default_lr", default_lr, minimum=0.0, strict=True)
+    import warnings
+
     from .train import fit
 
     x, y = _data(64)
-    growth = []
-    for seed in range(seeds):
-        model = exploding_mlp(seed=seed)
-        history = fit(model, F.mse_loss, (x, y), torch.optim.Adam(model.parameters(), lr=lr), steps=steps,
-                      progress=False)
-        loss = history.loss
-        growth.append(math.inf if history.diverged else float(np.max(loss) / loss[0]))
+
+    def growths(rate: float, gain: float) -> list[float]:
+        out = []
+        for seed in range(seeds):
+            model = exploding_mlp(seed=seed, gain=gain)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the stop is the measurement
+                history = fit(model, F.mse_loss, (x, y), torch.optim.Adam(model.parameters(), lr=rate),
+                              steps=steps, progress=False)
+            loss = history.loss
+            out.append(math.inf if history.diverged else float(np.max(loss) / loss[0]))
+        return out
+
+    growth = growths(lr, 1.4)
     evidence = {f"loss_growth_seed_{s}": g for s, g in enumerate(growth)}
+    evidence["default_lr_growth"] = max(growths(default_lr, 1.4))
+    evidence["gain_1_growth"] = max(growths(lr, 1.0))
     verdict = "false" if max(growth) >= 10 else "true"
     return Verdict(9, "Adam cannot explode", verdict, "", evidence, "optimizers")
 
@@ -575,7 +630,12 @@ def claim_always_nan(gain: float = 5.0, lr: float = 1e-3, steps: int = 5) -> Ver
 
     Experiment: ``exploding_mlp`` with gain ``gain`` (so ``G`` about ``gain^15``) trained by SGD at
     ``lr`` for up to ``steps`` steps on 64 examples (:func:`gradlab.fit` stops at the first
-    NaN/Inf); the first step's loss and gradient norm, and the step at which a NaN/Inf appeared.
+    NaN/Inf); the first step's loss and gradient norm (computed without overflow, as
+    :func:`gradlab.clip.total_norm` does), the step at which a NaN/Inf appeared, the first
+    gradient's largest entry and its 2-norm computed in float32 by ``torch.linalg.vector_norm``
+    (as ``torch.nn.utils.clip_grad_norm_`` does), which overflows to ``inf`` once the *square*
+    of the norm exceeds float32's largest number, about ``3.4e38``, although every entry is
+    finite.
 
     Rule: ``"false"`` if the first step's loss is finite and its gradient finite with a norm
     above ``HUGE``; ``"true"`` otherwise.
@@ -589,12 +649,17 @@ def claim_always_nan(gain: float = 5.0, lr: float = 1e-3, steps: int = 5) -> Ver
 
     x, y = _data(64)
     model = exploding_mlp(seed=0, gain=gain)
+    F.mse_loss(model(x), y).backward()  # the first gradient, as the first step of fit sees it
+    first = _flat_grad(model)
+    float32_norm = float(torch.linalg.vector_norm(first))  # what torch's clip_grad_norm_ computes
+    model.zero_grad(set_to_none=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the stop is the measurement
         history = fit(model, F.mse_loss, (x, y), torch.optim.SGD(model.parameters(), lr=lr), steps=steps,
                       progress=False)
     evidence = {"first_loss": float(history.loss[0]), "first_grad_norm": float(history.grad_norm[0]),
-                "nonfinite_step": float(history.stopped_at if history.diverged else -1)}
+                "nonfinite_step": float(history.stopped_at if history.diverged else -1),
+                "first_grad_max_entry": float(first.abs().max()), "first_grad_norm_float32": float32_norm}
     finite_huge = math.isfinite(evidence["first_loss"]) and HUGE < evidence["first_grad_norm"] < math.inf
     return Verdict(13, "an exploding gradient always shows up as NaN", "false" if finite_huge else "true",
                    "", evidence, "what_explodes")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._validate import check_choice, check_int, check_real, check_tensor
-from .models import mlp
+from .models.mlp import mlp  # the submodule: gradlab.models may be half-imported here (zoo imports data)
 from .utils import seeded
 
 TEACHER_KINDS: tuple[str, ...] = ("sine", "mlp", "linear")

@@ -4,12 +4,18 @@ that the mean-field theory (:mod:`gradlab.theory.mean_field`, :mod:`gradlab.theo
 chapters "Signal propagation at initialization" and "Dropout"), and those that
 :mod:`gradlab.theory.normalization` predicts for networks with BatchNorm or LayerNorm and for
 :class:`gradlab.models.Transformer` (the chapter "Normalization"). The chapters and the tests call
-the same functions.
+the same functions. For residual stacks (:func:`gradlab.models.resmlp`, the chapter "Residual
+connections"): the stream's and the gradient's squared norms block by block (:func:`stack_norms`),
+their gains over several seeds (:func:`residual_gains`), which :func:`gradlab.theory.residual_growth`
+predicts, and the output's change by one SGD step (:func:`first_step_change`), which
+:func:`gradlab.theory.fixup_update_size` predicts.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -18,6 +24,7 @@ from torch import nn
 
 from ._validate import check_choice, check_int, check_real, check_tensor
 from .models.mlp import MLP, mlp
+from .models.residual import resmlp
 from .models.transformer import Transformer, lm_loss
 from .theory.mean_field import q_star
 from .utils import seeded
@@ -353,6 +360,137 @@ def ffn_weight_gradients(model: Transformer, idx: torch.Tensor, targets: torch.T
     return np.array([float(block.ffn.fc2.weight.grad.norm()) for block in model.blocks])
 
 
-__all__ = ["ExampleNorms", "ffn_weight_gradients", "gradient_growth", "layer_correlations",
+class StackNorms(NamedTuple):
+    """Squared Frobenius norms over the batch at the input of a stack of blocks and after each
+    block, ``l = 0, ..., L`` (float64 arrays of length ``L + 1``).
+
+    Attributes:
+        stream: ``||x_l||²``, with ``x_0`` the input.
+        grads: ``||dℓ/dx_l||²`` for ``ℓ = sum(x_L * grad_output)``, so ``grads[-1] = ||grad_output||²``.
+    """
+
+    stream: np.ndarray
+    grads: np.ndarray
+
+
+def _as_blocks(blocks: object) -> list[nn.Module]:
+    if isinstance(blocks, nn.Module):
+        blocks = list(blocks.children()) if isinstance(blocks, (nn.Sequential, nn.ModuleList)) else [blocks]
+    if not isinstance(blocks, Sequence) or not blocks or not all(isinstance(b, nn.Module) for b in blocks):
+        raise TypeError("blocks must be an nn.Sequential, an nn.ModuleList or a non-empty list of modules")
+    return list(blocks)
+
+
+def stack_norms(blocks: nn.Module | Sequence[nn.Module], x: torch.Tensor,
+                grad_output: torch.Tensor) -> StackNorms:
+    """Run ``x`` through ``blocks`` (e.g. ``gl.models.resmlp(...).blocks``) one after the other,
+    back-propagate ``ℓ = sum(x_L * grad_output)``, and return the squared norms of the stream
+    and of its gradient after every block (:class:`StackNorms`). Computed in the blocks' dtype
+    (an overflow shows as ``inf``, then ``nan`` in the gradients); the norms are summed in float64.
+    """
+    stack = _as_blocks(blocks)
+    x = check_tensor("x", x)
+    grad_output = check_tensor("grad_output", grad_output)
+    xs = [x.detach().clone().requires_grad_()]
+    for block in stack:
+        xs.append(block(xs[-1]))
+        xs[-1].retain_grad()
+    if grad_output.shape != xs[-1].shape:
+        raise ValueError(f"grad_output must have the shape of the stack's output, {tuple(xs[-1].shape)}, "
+                         f"got {tuple(grad_output.shape)}")
+    xs[-1].backward(grad_output.to(xs[-1].dtype))
+
+    def sq(t: torch.Tensor) -> float:
+        return float(t.detach().double().pow(2).sum())
+
+    return StackNorms(np.array([sq(t) for t in xs]), np.array([sq(t.grad) for t in xs]))
+
+
+class StackGains(NamedTuple):
+    """Squared gains through a residual stack, one entry per seed (float64 arrays).
+
+    Attributes:
+        gradient: ``||dℓ/dx_0||² / ||dℓ/dx_L||²``, the squared gradient's growth toward the input.
+        stream: ``||x_L||² / ||x_0||²``, the squared stream's growth toward the output.
+    """
+
+    gradient: np.ndarray
+    stream: np.ndarray
+
+
+def residual_gains(
+    residual_scale: float | str,
+    depth: int,
+    *,
+    width: int = 64,
+    batch: int = 16,
+    seeds: int = 5,
+    residual: bool = True,
+    dtype: torch.dtype = torch.float64,
+) -> StackGains:
+    """The squared gains of the stream and of the gradient through the ``depth`` blocks of
+    ``gl.models.resmlp(depth, width, residual_scale=..., residual=...)`` at initialization, for
+    seeds ``0, ..., seeds - 1`` (:class:`StackGains`): the model's weights from
+    ``gradlab.utils.seeded(seed)``, a Gaussian batch ``x`` and output gradient ``v`` of shape
+    ``(batch, width)`` from ``torch.Generator().manual_seed(10_000 + seed)``. For ``x + s F(x)`` blocks,
+    :func:`gradlab.theory.residual_growth` ``(s, 1, depth)`` predicts both means. Computed in
+    ``dtype`` (float64 by default: ``2^1000`` fits, float32 overflows near ``2^128``).
+    """
+    depth = check_int("depth", depth, minimum=1)
+    width = check_int("width", width, minimum=1)
+    batch = check_int("batch", batch, minimum=1)
+    seeds = check_int("seeds", seeds, minimum=1)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    gradient, stream = [], []
+    for seed in range(seeds):
+        with seeded(seed):
+            model = resmlp(depth, width, residual_scale=residual_scale, residual=residual).to(dtype)
+        g = torch.Generator().manual_seed(10_000 + seed)  # not the weights' stream
+        x = torch.randn(batch, width, generator=g, dtype=dtype)
+        v = torch.randn(batch, width, generator=g, dtype=dtype)
+        norms = stack_norms(model.blocks, x, v)
+        gradient.append(norms.grads[0] / norms.grads[-1])
+        stream.append(norms.stream[-1] / norms.stream[0])
+    return StackGains(np.array(gradient), np.array(stream))
+
+
+def first_step_change(blocks: nn.Module | Sequence[nn.Module], x: torch.Tensor,
+                      grad_output: torch.Tensor, lr: float) -> torch.Tensor:
+    """``x_L' - x_L`` (float64): how one SGD step of learning rate ``lr`` on every parameter of
+    ``blocks``, for the loss ``ℓ = sum(x_L * grad_output)``, moves the stack's output ``x_L`` on
+    the input ``x``. The step is taken on a copy; ``blocks`` is left unchanged.
+    :func:`gradlab.theory.fixup_update_size` predicts its norm for Fixup blocks (divided by
+    ``||grad_output||``), :func:`gradlab.theory.rezero_update_size` the mean of
+    ``-<change, grad_output> / ||grad_output||²`` for ReZero blocks.
+    """
+    stack = [copy.deepcopy(b) for b in _as_blocks(blocks)]
+    x = check_tensor("x", x)
+    grad_output = check_tensor("grad_output", grad_output)
+    lr = check_real("lr", lr, minimum=0.0)
+    params = [p for block in stack for p in block.parameters()]
+    if not params:
+        raise ValueError("blocks have no parameters to take a step with")
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        for block in stack:
+            inp = block(inp)
+        return inp
+
+    before = run(x)
+    if grad_output.shape != before.shape:
+        raise ValueError(f"grad_output must have the shape of the stack's output, {tuple(before.shape)}, "
+                         f"got {tuple(grad_output.shape)}")
+    grads = torch.autograd.grad(before, params, grad_output.to(before.dtype), allow_unused=True)
+    with torch.no_grad():
+        for p, grad in zip(params, grads, strict=True):
+            if grad is not None:
+                p -= lr * grad
+        after = run(x)
+    return (after - before.detach()).double()
+
+
+__all__ = ["ExampleNorms", "StackGains", "StackNorms", "ffn_weight_gradients", "first_step_change",
+           "residual_gains", "stack_norms", "gradient_growth", "layer_correlations",
            "normalized_gradient_growth", "pair_correlations", "per_example_norms", "preactivations",
            "residual_stream"]

@@ -2,6 +2,8 @@
 
 import hashlib
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -466,3 +468,14 @@ def test_char_codec_round_trip_and_vocabulary():
 def test_char_codec_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("first", ["gradlab", "gradlab.models", "gradlab.data", "gradlab.claims",
+                                   "gradlab.models.zoo", "gradlab.doctor"])
+def test_teacher_regression_works_whatever_module_is_imported_first(first):
+    # models/__init__ imports the zoo, which imports data, which needs models' mlp: imported
+    # from a half-initialized package, `mlp` once resolved to the submodule (found by the site
+    # build, where gradlab.claims was imported first).
+    code = f"import {first}; import gradlab; gradlab.data.teacher_regression(8, 4, kind='mlp')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

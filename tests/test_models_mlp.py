@@ -418,3 +418,54 @@ def test_exploding_mlp_rejects_bad_arguments(kwargs, error, name):
     with pytest.raises(error, match=name):
         exploding_mlp(**kwargs)
     assert torch.equal(torch.rand(2), expected)  # a failed call restores the generator too
+
+
+def test_mlp_residual_scale_rezero_gates_start_at_zero():
+    """residual_scale="rezero": every residual layer has its own scalar gate at 0, so the residual
+    layers are the identity at initialization and the first gradient reaches only the gates."""
+    torch.manual_seed(0)
+    model = mlp(5, 8, in_features=3, out_features=2, residual=True, residual_scale="rezero")
+    gates = [name for name, _ in model.named_parameters() if name.endswith("gate")]
+    assert gates == ["1.gate", "2.gate", "3.gate"]
+    assert model[0].gate is None and model[-1].gate is None
+    h = torch.randn(4, 8)
+    torch.testing.assert_close(model[1:4](h), h)
+    model(torch.randn(6, 3)).pow(2).sum().backward()
+    for block in model[1:4]:
+        assert float(block.gate.grad.abs()) > 0
+        assert float(block.linear.weight.grad.abs().max()) == 0
+    assert "residual_scale=rezero" in repr(model[1])
+    with torch.no_grad():
+        model[2].gate.fill_(0.25)
+    torch.testing.assert_close(model[2](h), h + 0.25 * torch.relu(model[2].linear(h)))
+
+
+def test_mlp_residual_scale_sqrt_depth_counts_the_residual_layers():
+    """1/sqrt(K) for the K residual layers: 3 of the 5 layers when in_features != width."""
+    model = mlp(5, 8, in_features=3, out_features=2, residual=True, residual_scale="sqrt_depth")
+    assert [b.residual_scale for b in model if b.residual] == [pytest.approx(1 / math.sqrt(3))] * 3
+    square = mlp(17, 8, residual=True, residual_scale="sqrt_depth")
+    assert all(b.residual_scale == pytest.approx(0.25) for b in square if b.residual)
+    # the number is kept as before, and ignored without residual=True
+    assert mlp(3, 8, residual=True, residual_scale=0.5)[0].residual_scale == 0.5
+    assert not any(b.residual for b in mlp(3, 8, residual_scale=0.5))
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"residual": True, "residual_scale": "fixup"}, ValueError),
+    ({"residual": True, "residual_scale": "SQRT_DEPTH"}, ValueError),
+    ({"residual_scale": "rezero"}, ValueError),
+    ({"residual_scale": "sqrt_depth"}, ValueError),
+    ({"residual": True, "residual_scale": True}, TypeError),
+    ({"residual": True, "residual_scale": float("inf")}, ValueError),
+])
+def test_mlp_residual_scale_bad_input(kwargs, error):
+    with pytest.raises(error, match="residual_scale"):
+        mlp(3, 8, **kwargs)
+
+
+def test_block_residual_scale_bad_input():
+    with pytest.raises(ValueError, match="residual_scale"):
+        Block(nn.Linear(4, 4), residual=True, residual_scale="sqrt_depth")
+    with pytest.raises(TypeError, match="residual_scale"):
+        Block(nn.Linear(4, 4), residual=True, residual_scale=None)

@@ -4,6 +4,7 @@ helpers' shapes, seeds and inputs. (Their agreement with the mean-field predicti
 tests/test_theory_mean_field.py, tests/test_theory_correlation.py and
 tests/test_theory_normalization.py.)"""
 
+import copy
 import math
 
 import numpy as np
@@ -262,3 +263,82 @@ BAD_INPUTS = [
 def test_bad_inputs_raise_and_name_the_argument(error, match, call):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- residual stacks: stack_norms, residual_gains, first_step_change ---------------------------
+
+
+def _resblocks(L=4, width=8, seed=0, **kw):
+    from gradlab.models import resmlp
+
+    with seeded(seed):
+        return resmlp(L, width, **kw).blocks.double()
+
+
+def test_stack_norms_against_autograd():
+    blocks = _resblocks()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    v = torch.randn(3, 8, dtype=torch.float64)
+    norms = propagation.stack_norms(blocks, x, v)
+    assert norms.stream.shape == (5,) and norms.grads.shape == (5,)
+    xs = [x.clone().requires_grad_()]
+    for block in blocks:
+        xs.append(block(xs[-1]))
+    grads = torch.autograd.grad(xs[-1], xs, v)
+    np.testing.assert_allclose(norms.stream, [t.pow(2).sum().item() for t in xs], rtol=1e-12)
+    np.testing.assert_allclose(norms.grads, [float(g.pow(2).sum()) for g in grads], rtol=1e-12)
+    assert norms.grads[-1] == pytest.approx(float(v.pow(2).sum()))
+    # a list of modules and a single module work too
+    np.testing.assert_allclose(propagation.stack_norms(list(blocks), x, v).stream, norms.stream)
+    assert propagation.stack_norms(blocks[0], x, v).stream.shape == (2,)
+
+
+def test_stack_norms_bad_input():
+    blocks = _resblocks()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    with pytest.raises(TypeError, match="blocks"):
+        propagation.stack_norms([], x, x)
+    with pytest.raises(TypeError, match="blocks"):
+        propagation.stack_norms("blocks", x, x)
+    with pytest.raises(TypeError, match="x"):
+        propagation.stack_norms(blocks, x.numpy(), x)
+    with pytest.raises(ValueError, match="grad_output"):
+        propagation.stack_norms(blocks, x, torch.randn(2, 8, dtype=torch.float64))
+
+
+def test_residual_gains_shapes_seeds_and_bad_input():
+    gains = propagation.residual_gains(1.0, 3, width=8, batch=4, seeds=3)
+    assert gains.gradient.shape == (3,) and gains.stream.shape == (3,)
+    again = propagation.residual_gains(1.0, 3, width=8, batch=4, seeds=3)
+    np.testing.assert_array_equal(gains.gradient, again.gradient)
+    assert np.all(propagation.residual_gains("rezero", 5, width=8, seeds=2).gradient == 1.0)
+    plain = propagation.residual_gains(1.0, 3, width=8, seeds=2, residual=False)
+    assert not np.allclose(plain.gradient, gains.gradient[:2])
+    for kwargs, error in (({"depth": 0}, ValueError), ({"depth": 2, "seeds": 0}, ValueError),
+                          ({"depth": 2, "width": 1.5}, TypeError),
+                          ({"depth": 2, "dtype": torch.float16}, ValueError)):
+        with pytest.raises(error):
+            propagation.residual_gains(1.0, **kwargs)
+
+
+def test_first_step_change_equals_an_sgd_step_and_leaves_blocks_unchanged():
+    blocks = _resblocks(residual_scale=0.5)
+    before = [p.detach().clone() for p in blocks.parameters()]
+    x = torch.randn(2, 8, dtype=torch.float64)
+    v = torch.randn(2, 8, dtype=torch.float64)
+    change = propagation.first_step_change(blocks, x, v, 0.01)
+    for p, q in zip(blocks.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    model = copy.deepcopy(blocks)
+    out = model(x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    (out * v).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        torch.testing.assert_close(change, model(x) - out.detach())
+    with pytest.raises(ValueError, match="lr"):
+        propagation.first_step_change(blocks, x, v, -1.0)
+    with pytest.raises(ValueError, match="grad_output"):
+        propagation.first_step_change(blocks, x, v[:1], 0.01)
+    with pytest.raises(ValueError, match="no parameters"):
+        propagation.first_step_change([torch.nn.Identity()], x, v, 0.01)

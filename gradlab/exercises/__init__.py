@@ -15,6 +15,7 @@ reader's function, comparing, naming the failing case and the known slip it matc
 - :mod:`.initialization`: the standard deviation of ``kaiming_normal_`` ("Initialization")
 - :mod:`.activations`: Klambauer's moment map of an arbitrary activation ("Activations")
 - :mod:`.normalization`: BatchNorm's backward pass in training mode ("Normalization")
+- :mod:`.residual`: the growth of a residual stack with per-block scales ("Residual connections")
 - :mod:`.gated_rnns`: the LSTM cell Jacobian ("Gated recurrent networks")
 - :mod:`.weight_decay`: one AdamW step ("Weight decay and spectral control")
 - :mod:`.dropout`: the variance shift in front of batch normalization ("Dropout")
@@ -44,6 +45,7 @@ from .mixed_precision import check_update_scale
 from .normalization import check_batchnorm_backward
 from .optimizers import check_adam_step
 from .recurrent import check_bptt_jacobian
+from .residual import check_stream_growth
 from .weight_decay import check_adamw_step
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "check_max_stable_lr",
     "check_moment_map",
     "check_scalar_chain_gradient",
+    "check_stream_growth",
     "check_update_scale",
     "check_variance_shift",
     "check_warmup_cosine",

@@ -6,6 +6,8 @@
   :class:`GRU`), their state Jacobians against the lag (:func:`state_jacobian_norms`), masks for
   dropout on the recurrent connection (:func:`dropout_masks`) and the single-unit network of
   Pascanu et al. 2013 (:class:`SingleUnitRNN`, :func:`single_unit_last_state`);
+- :mod:`~gradlab.models.residual`: residual networks with two-layer branches (:func:`resmlp`,
+  :class:`ResidualBlock` with a branch scale or a ReZero gate, :class:`FixupBlock`);
 - :mod:`~gradlab.models.transformer`: a small decoder-only transformer with Pre-LN or Post-LN
   blocks (:class:`Transformer`, :class:`TransformerBlock`) and its loss (:func:`lm_loss`);
 - :mod:`~gradlab.models.zoo`: broken and healthy networks for :func:`gradlab.doctor`
@@ -20,7 +22,8 @@ registry, :data:`gradlab.activations.ACTIVATIONS`, re-exported as ``models.ACTIV
 from ..activations import ACTIVATIONS
 from . import zoo
 from .init import LSUV_LAYERS, lsuv_init_
-from .mlp import INITS, MLP, NORMS, Block, exploding_mlp, init_linear_, mlp
+from .mlp import INITS, MLP, NORMS, RESIDUAL_SCALES, Block, exploding_mlp, init_linear_, mlp
+from .residual import RESMLP_SCALES, FixupBlock, ResidualBlock, ResMLP, resmlp
 from .rnn import (
     GRU,
     LSTM,
@@ -42,8 +45,13 @@ __all__ = [
     "MLP",
     "NORMS",
     "NORM_POSITIONS",
+    "RESIDUAL_SCALES",
+    "RESMLP_SCALES",
     "RNN_INITS",
     "Block",
+    "FixupBlock",
+    "ResMLP",
+    "ResidualBlock",
     "SingleUnitRNN",
     "Transformer",
     "TransformerBlock",
@@ -54,6 +62,7 @@ __all__ = [
     "lm_loss",
     "lsuv_init_",
     "mlp",
+    "resmlp",
     "single_unit_last_state",
     "state_jacobian_norms",
     "zoo",

@@ -54,12 +54,18 @@ def init_linear_(
     return layer
 
 
+RESIDUAL_SCALES = ("sqrt_depth", "rezero")
+
+
 class Block(nn.Module):
     """One layer of an :func:`mlp`: ``linear -> norm -> activation -> dropout``, optionally
     residual.
 
     With ``residual=True`` the block returns ``x + residual_scale * f(x)``, which needs equal
     input and output widths; the dropout is then on the branch ``f``, not on the skip.
+    ``residual_scale="rezero"`` gives the block a learnable scalar gate ``alpha`` (the parameter
+    ``gate``), initialized at 0, and returns ``x + alpha * f(x)`` (Bachlechner et al. 2020): the
+    identity at initialization.
     """
 
     def __init__(
@@ -68,7 +74,7 @@ class Block(nn.Module):
         norm: nn.Module | None = None,
         activation: nn.Module | None = None,
         residual: bool = False,
-        residual_scale: float = 1.0,
+        residual_scale: float | str = 1.0,
         dropout: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -77,19 +83,30 @@ class Block(nn.Module):
                 "residual=True needs in_features == out_features, got "
                 f"{linear.in_features} -> {linear.out_features}"
             )
+        if isinstance(residual_scale, str):
+            check_choice("residual_scale", residual_scale, ["rezero"])
+        else:
+            residual_scale = check_real("residual_scale", residual_scale)
         self.linear = linear
         self.norm = norm if norm is not None else nn.Identity()
         self.activation = activation if activation is not None else nn.Identity()
         self.dropout = dropout if dropout is not None else nn.Identity()
         self.residual = residual
         self.residual_scale = residual_scale
+        self.gate = (nn.Parameter(torch.zeros((), dtype=linear.weight.dtype))
+                     if residual and residual_scale == "rezero" else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.dropout(self.activation(self.norm(self.linear(x))))
-        return x + self.residual_scale * out if self.residual else out
+        if not self.residual:
+            return out
+        return x + (self.gate if self.gate is not None else self.residual_scale) * out
 
     def extra_repr(self) -> str:
-        return f"residual={self.residual}, residual_scale={self.residual_scale}" if self.residual else ""
+        if not self.residual:
+            return ""
+        scale = "rezero" if self.gate is not None else self.residual_scale
+        return f"residual=True, residual_scale={scale}"
 
 
 class MLP(nn.Sequential):
@@ -133,7 +150,7 @@ def mlp(
     gain: float = 1.0,
     norm: str | None = None,
     residual: bool = False,
-    residual_scale: float = 1.0,
+    residual_scale: float | str = 1.0,
     bias: bool = True,
     bias_std: float = 0.0,
     dropout: float = 0.0,
@@ -154,7 +171,12 @@ def mlp(
         gain: multiplies the initialization's standard deviation.
         norm: ``None``, ``"batch"`` (BatchNorm1d) or ``"layer"`` (LayerNorm), after the linear.
         residual: wrap each hidden ``width -> width`` layer as ``x + residual_scale * f(x)``.
-        residual_scale: the branch multiplier of residual layers.
+        residual_scale: the branch multiplier of residual layers: a number ``s``;
+            ``"sqrt_depth"``, ``s = 1 / sqrt(K)`` for the ``K`` residual layers of the network,
+            which keeps the squared gradient gain ``(1 + s² chi)^K <= e^chi`` at any depth;
+            or ``"rezero"``, a learnable scalar gate per residual layer, initialized at 0, so
+            that the residual layers are the identity at initialization (Bachlechner et al.
+            2020). The strings need ``residual=True``; a number is ignored without it.
         bias: give the linear layers biases.
         bias_std: biases are drawn from N(0, bias_std²) (zero by default).
         dropout: the drop probability ``p`` of an ``nn.Dropout(p)`` after every hidden
@@ -175,13 +197,21 @@ def mlp(
         check_choice("norm", norm, ["batch", "layer"])
     if not isinstance(residual, bool):
         raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
-    residual_scale = check_real("residual_scale", residual_scale)
+    if isinstance(residual_scale, str):
+        check_choice("residual_scale", residual_scale, RESIDUAL_SCALES)
+        if not residual:
+            raise ValueError(f"residual_scale={residual_scale!r} needs residual=True")
+    else:
+        residual_scale = check_real("residual_scale", residual_scale)
     if not isinstance(bias, bool):
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     bias_std = check_real("bias_std", bias_std, minimum=0.0)
     dropout = check_probability("dropout", dropout)
 
     dims = [in_features] + [width] * (depth - 1) + [out_features]
+    if residual_scale == "sqrt_depth":
+        n_residual = sum(dims[i] == dims[i + 1] for i in range(depth - 1))
+        residual_scale = 1.0 / math.sqrt(max(n_residual, 1))
     blocks = []
     for i in range(depth):
         linear = init_linear_(nn.Linear(dims[i], dims[i + 1], bias=bias), init, gain, bias_std)

@@ -16,7 +16,9 @@ gradient spike, its stability threshold),
 :mod:`~gradlab.theory.weight_decay` (how far AdamW lets a weight grow, the equilibrium of decay
 and noise, the orthogonality penalty's bounds) and :mod:`~gradlab.theory.dropout` (the second
 moment of a gradient through dropout masks, the variance shift in front of batch normalization,
-the gradient's growth in a batch-normalized network with dropout). Every function that takes an
+the gradient's growth in a batch-normalized network with dropout) and
+:mod:`~gradlab.theory.residual` (the growth of residual stacks, Fixup's multiplier, the first
+step of Fixup and ReZero). Every function that takes an
 ``activation`` accepts any name of :data:`gradlab.activations.ACTIVATIONS`. Each public name is available as
 ``gl.theory.X``.
 """
@@ -90,6 +92,7 @@ from .recurrent import (
     saddle_node_bias,
     saddle_node_offset,
 )
+from .residual import fixup_multiplier, fixup_update_size, residual_growth, rezero_update_size
 from .weight_decay import (
     adamw_weight_bound,
     noise_equilibrium_rms,
@@ -156,6 +159,11 @@ __all__ = [
     "adam_spike_ratio",
     "adam_spike_recovery",
     "adam_stability_threshold",
+    # residual
+    "residual_growth",
+    "fixup_multiplier",
+    "fixup_update_size",
+    "rezero_update_size",
     # weight_decay
     "adamw_weight_bound",
     "noise_equilibrium_rms",
