@@ -38,6 +38,8 @@ WRONG = {
     "counted from step 0": _decay(lambda s, w, t, b, m: _cos(s / t, b, m)),
     "spread over all the steps": _decay(lambda s, w, t, b, m: _cos((s - w) / t, b, m)),
     "ends at 0": _decay(lambda s, w, t, b, m: _cos((s - w) / (t - w), b, 0.0)),
+    "a step early": _decay(lambda s, w, t, b, m: _cos((s - w + 1) / (t - w), b, m)),
+    "at the last step": _decay(lambda s, w, t, b, m: _cos((s - w) / (t - w - 1), b, m)),
     "cos without": _decay(lambda s, w, t, b, m: m + (b - m) * math.cos(math.pi * (s - w) / (t - w))),
 }
 

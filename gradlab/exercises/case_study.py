@@ -74,6 +74,12 @@ WARMUP_COSINE_SLIPS: Slips = {
     "the decay ends at 0, not at min_lr: lr = min_lr + (base_lr - min_lr)(1 + cos(...))/2":
         lambda c: (_cosine((c.args[0] - c.args[1]) / (c.args[2] - c.args[1]), c.args[3], 0.0)
                    if c.args[0] >= c.args[1] and c.args[4] > 0 else None),
+    "the decay a step early, cos(π (s - warmup + 1)/(total - warmup)): step warmup, the first of "
+    "the decay, is still at base_lr; the phase is π (s - warmup)/(total - warmup)":
+        _in_decay(lambda s, w, t, b, m: _cosine((s - w + 1) / (t - w), b, m)),
+    "min_lr at the last step, cos(π (s - warmup)/(total - warmup - 1)): the cosine would reach "
+    "min_lr at step total, one past the last; the phase is π (s - warmup)/(total - warmup)":
+        _in_decay(lambda s, w, t, b, m: _cosine((s - w) / (t - w - 1), b, m)),
     "cos without the (1 + cos)/2: the factor must go from 1 to 0, not from 1 to -1":
         _in_decay(lambda s, w, t, b, m: m + (b - m) * math.cos(math.pi * (s - w) / (t - w))),
 }
