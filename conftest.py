@@ -21,16 +21,24 @@ BOOK = Path(__file__).parent / "book"
 _RESULTS = pytest.StashKey[dict]()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Every test runs PyTorch on one thread, the book's thread policy (CONTRIBUTING.md, "Thread
     policy"): the tests' tensors are small, a second thread costs more than it gives on a shared
     2-core CPU, and the chapters whose numbers the tests recompute ran on one thread, which
-    fixes the rounding of chaotic runs. A test that needs another count sets it itself."""
+    fixes the rounding of chaotic runs. Session-wide, so that module-scoped fixtures (which run
+    before any function-scoped one) get it too."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _back_to_one_thread():
+    """A test that sets another thread count does not pass it on to the next one."""
+    yield
+    torch.set_num_threads(1)
 
 
 class ChapterFailed(Exception):

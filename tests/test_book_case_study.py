@@ -20,16 +20,6 @@ from gradlab.utils import seeded
 CONTEXT, BATCH, STEPS, SEEDS, LR = 32, 16, 80, (0, 1, 2), 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as in the chapter, set before the module's runs (the runs are chaotic enough
-    that a second thread's different rounding changes the warm-up losses by up to 0.1 nat)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def text():
     text = gl.data.load_text("shakespeare")
