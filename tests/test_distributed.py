@@ -387,7 +387,7 @@ def test_nan_on_one_rank_with_the_flag_stops_both_at_once(ranks):
     assert abs(runs[0]["end"] - runs[1]["end"]) < 1.0
 
 
-def test_every_rank_sees_the_nan(ranks):
+def test_every_rank_sees_the_nan(ranks, full):
     for r in ranks:
         a = r["agree"]
         # a plain MAX all-reduce with gloo keeps a NaN on rank 0 and drops one on rank 1
@@ -402,6 +402,13 @@ def test_every_rank_sees_the_nan(ranks):
         assert all(math.isnan(v) for v in a["fsdp2_nan_on"][2.0])
         assert math.isnan(a["fsdp2_nan_on"][math.inf][0])
         assert math.isfinite(a["fsdp2_nan_on"][math.inf][1])
+    # the finite inf-norm is rank 0's own maximum: all of rank 1's shard was dropped, not only its NaN
+    model, _ = full
+    shards = [[gd.shard(p.grad, k, 2).clone() for p in model.parameters()] for k in range(2)]
+    shards[1][0][0, 0] = 0.0
+    maxes = [max(float(t.abs().max()) for t in s) for s in shards]
+    assert ranks[0]["agree"]["fsdp2_nan_on"][math.inf][1] == pytest.approx(maxes[0], rel=1e-6)
+    assert maxes[1] > maxes[0]
 
 
 def test_group_of_one_equals_gradlab_clip(ranks):
