@@ -308,9 +308,16 @@ def test_clipping_after_the_allreduce_is_large_batch_clipping(ranks, full):
     assert torch.equal(before[0]["update"], before[1]["update"])
     rel = float((before[0]["update"] - expected).norm() / expected.norm())
     assert rel > 0.02
-    # each rank's own gradient is longer than the average, so clipping it first shortens the step
-    assert min(local_norms) > float(g.norm())
+    # every rank's own gradient is above the threshold, so each is clipped to norm MAX_NORM; the
+    # step is shorter because the two clipped gradients are not parallel: the average of two
+    # vectors of norm c at angle theta has norm c * sqrt((1 + cos theta) / 2)
+    assert min(local_norms) > float(g.norm()) > MAX_NORM
     assert float(before[0]["update"].norm()) < float(expected.norm())
+    loc = [r["ddp"]["local"] for r in ranks]
+    cos = float(loc[0] @ loc[1] / (loc[0].norm() * loc[1].norm()))
+    assert cos < 0.9
+    assert float(before[0]["update"].norm()) == pytest.approx(
+        LR * MAX_NORM * math.sqrt((1 + cos) / 2), rel=1e-5)
     local_clipped = [r["ddp"]["local"] * min(1.0, MAX_NORM / (n + 1e-6))
                      for r, n in zip(ranks, local_norms, strict=True)]
     torch.testing.assert_close(before[0]["update"], -LR * sum(local_clipped) / 2, rtol=0, atol=1e-7)
@@ -380,7 +387,7 @@ def test_nan_on_one_rank_with_the_flag_stops_both_at_once(ranks):
     assert abs(runs[0]["end"] - runs[1]["end"]) < 1.0
 
 
-def test_every_rank_sees_the_nan(ranks):
+def test_every_rank_sees_the_nan(ranks, full):
     for r in ranks:
         a = r["agree"]
         # a plain MAX all-reduce with gloo keeps a NaN on rank 0 and drops one on rank 1
@@ -395,6 +402,13 @@ def test_every_rank_sees_the_nan(ranks):
         assert all(math.isnan(v) for v in a["fsdp2_nan_on"][2.0])
         assert math.isnan(a["fsdp2_nan_on"][math.inf][0])
         assert math.isfinite(a["fsdp2_nan_on"][math.inf][1])
+    # the finite inf-norm is rank 0's own maximum: all of rank 1's shard was dropped, not only its NaN
+    model, _ = full
+    shards = [[gd.shard(p.grad, k, 2).clone() for p in model.parameters()] for k in range(2)]
+    shards[1][0][0, 0] = 0.0
+    maxes = [max(float(t.abs().max()) for t in s) for s in shards]
+    assert ranks[0]["agree"]["fsdp2_nan_on"][math.inf][1] == pytest.approx(maxes[0], rel=1e-6)
+    assert maxes[1] > maxes[0]
 
 
 def test_group_of_one_equals_gradlab_clip(ranks):
