@@ -108,9 +108,13 @@ def test_each_fix_beats_the_failing_run_by_more_than_the_seed_spread(runs, fix):
 
 @pytest.mark.parametrize("change", ["clipping", "eps"])
 def test_clipping_and_eps_leave_the_run_stalled(runs, text, change):
-    """Every seed within 0.05 nats of the unigram entropy, like the failing run."""
+    """Every seed within 0.1 nat of the unigram entropy (here within 0.03; with two threads'
+    rounding one clipped seed ended 0.08 below it), far from the fixes (below 3.1), and not
+    separated from the failing run by the chapter's rule (more than the failing spread and 0.1)."""
+    failing = _vals(runs, "failing")
     for v in _vals(runs, change):
-        assert abs(v - text["entropy"]) < 0.05, (change, v)
+        assert abs(v - text["entropy"]) < 0.1, (change, v)
+        assert min(failing) - v < max(max(failing) - min(failing), 0.1), (change, v)
 
 
 def test_four_times_the_learning_rate_stalls_too_without_nan(runs, text):
