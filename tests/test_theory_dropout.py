@@ -403,8 +403,10 @@ def test_locked_mask_spectral_radius_is_near_the_edge_of_the_truncated_disk():
         mask = gl.models.dropout_masks(1, 1, 256, p, generator=g, dtype=torch.float64)[0, 0]
         kept = int((mask > 0).sum())
         ratios.append(spectral_radius(W * mask[None, :]) / (math.sqrt(kept / 256) / (1 - p)))
-    assert all(0.95 < r < 1.15 for r in ratios), ratios
-    assert 1.0 < float(np.mean(ratios)) < 1.1, ratios
+    # measured 1.016 to 1.043 (float64, fixed seeds): above the disk's edge by the finite-size
+    # margin, every mask, and 3% on average
+    assert all(1.0 < r < 1.08 for r in ratios), ratios
+    assert float(np.mean(ratios)) == pytest.approx(1.03, abs=0.02), ratios
     W = _orthogonal(32, 0)
     g = torch.Generator().manual_seed(1)
     masks = gl.models.dropout_masks(16, 1, 32, p, generator=g, dtype=torch.float64)[:, 0]
