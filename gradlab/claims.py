@@ -26,6 +26,8 @@ from torch.nn import functional as F
 
 from . import clip as _clip
 from ._validate import check_int, check_probability, check_real, check_tensor
+from .data import teacher_regression
+from .distributed import flat_grad, launch
 from .doctor import GROWTH_WARNING, gradient_growth
 from .models.mlp import exploding_mlp, mlp
 from .monitor import GradientMonitor
@@ -75,9 +77,6 @@ class Verdict:
 
 
 def _data(n: int, in_features: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    # Imported here: gradlab.data imports gradlab.models, whose zoo imports gradlab.data.
-    from .data import teacher_regression
-
     return teacher_regression(n, in_features, kind="sine", seed=seed)
 
 
@@ -112,10 +111,6 @@ def _growth_stats(build: Callable[[int], nn.Module], x, y, seeds: int) -> tuple[
 def _mean_log_growth(build: Callable[[int], nn.Module], x, y, seeds: int) -> float:
     """The geometric mean of :func:`layer_growth` over networks ``build(seed)``, seeds 0..seeds-1."""
     return _growth_stats(build, x, y, seeds)[0]
-
-
-def _flat_grad(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -385,11 +380,11 @@ def claim_accumulation(micro_batches: int = 4, n: int = 64) -> Verdict:
     x, y = _data(n)
     model = exploding_mlp(seed=0)
     F.mse_loss(model(x), y).backward()
-    full = _flat_grad(model)
+    full = flat_grad(model)
     model.zero_grad(set_to_none=True)
     for xm, ym in zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True):
         (F.mse_loss(model(xm), ym) / micro_batches).backward()
-    accumulated = _flat_grad(model)
+    accumulated = flat_grad(model)
     model.zero_grad(set_to_none=True)
     growth = layer_growth(model, x, y)
     evidence = {"relative_difference": _rel(accumulated, full), "growth": growth,
@@ -591,7 +586,7 @@ def ddp_exploding_gradient(rank: int, world_size: int, n: int = 64, seed: int = 
     model = exploding_mlp(seed=seed)
     ddp = DDP(model)
     F.mse_loss(ddp(x.chunk(world_size)[rank]), y.chunk(world_size)[rank]).backward()
-    return _flat_grad(model)
+    return flat_grad(model)
 
 
 def claim_multi_gpu(world_size: int = 2, n: int = 64, timeout: float = 60.0) -> Verdict:
@@ -605,7 +600,6 @@ def claim_multi_gpu(world_size: int = 2, n: int = 64, timeout: float = 60.0) -> 
     Rule: ``"false"`` if every rank's gradient is the one-process gradient (relative difference
     below ``SAME``) and the network explodes; ``"true"`` otherwise.
     """
-    from .distributed import launch
 
     world_size = check_int("world_size", world_size, minimum=1)
     n = check_int("n", n, minimum=1)
@@ -616,7 +610,7 @@ def claim_multi_gpu(world_size: int = 2, n: int = 64, timeout: float = 60.0) -> 
     x, y = _data(n)
     model = exploding_mlp(seed=0)
     F.mse_loss(model(x), y).backward()
-    single = _flat_grad(model)
+    single = flat_grad(model)
     growth = layer_growth(model, x, y)
     evidence = {"relative_difference": max(_rel(g, single) for g in per_rank), "growth": growth,
                 "grad_norm": float(single.norm()), "world_size": float(world_size)}
@@ -650,7 +644,7 @@ def claim_always_nan(gain: float = 5.0, lr: float = 1e-3, steps: int = 5) -> Ver
     x, y = _data(64)
     model = exploding_mlp(seed=0, gain=gain)
     F.mse_loss(model(x), y).backward()  # the first gradient, as the first step of fit sees it
-    first = _flat_grad(model)
+    first = flat_grad(model)
     float32_norm = float(torch.linalg.vector_norm(first))  # what torch's clip_grad_norm_ computes
     model.zero_grad(set_to_none=True)
     with warnings.catch_warnings():
